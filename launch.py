@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Start Easel: install what is missing, then serve the UI (or run the test suite).
+
+    python launch.py            # set up on first run, then http://127.0.0.1:7860
+    python launch.py --test     # set up, then run the whole test suite
+
+Set-up never replaces an installed PyTorch (a CUDA build on Colab stays as it is):
+installed torch packages are pinned to their installed versions while pip runs. Where the
+interpreter is externally managed (PEP 668), a ``.venv`` is made beside this file (seeing
+the system's packages, so a system torch is reused) and Easel re-starts inside it.
+
+Only the standard library is used until the requirements are in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+REQUIREMENTS = ROOT / "requirements.txt"
+TEST_REQUIREMENTS = ROOT / "requirements-test.txt"
+VENV_DIR = ROOT / ".venv"
+TORCH_PACKAGES = ("torch", "torchvision", "torchaudio")
+BROWSER = "/usr/bin/chromium"
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="launch.py",
+        description="Easel: a Stable Diffusion web UI on diffusers. Installs what is missing, then serves the UI.",
+    )
+    parser.add_argument("--listen", action="store_true",
+                        help="serve on all network interfaces (0.0.0.0) instead of 127.0.0.1 only")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live share link")
+    parser.add_argument("--auth", metavar="USER:PASSWORD", help="require this login (recommended with --listen/--share)")
+    parser.add_argument("--model", help="model to select at start: a built-in (tiny), a file or folder name under "
+                                        "models/Stable-diffusion, or a hub id")
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models", help="models folder (A1111 layout)")
+    parser.add_argument("--outputs-dir", type=Path, default=ROOT / "outputs", help="where images are saved")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "data", help="settings and caches")
+    parser.add_argument("--extensions-dir", type=Path, action="append", default=[],
+                        help="an extra folder of drop-in extensions (may be repeated)")
+    parser.add_argument("--disable-extension", action="append", default=[], metavar="NAME",
+                        help="do not load this extension (may be repeated)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                        help="weights dtype (auto: fp16/bf16 on GPUs, fp32 on the CPU)")
+    parser.add_argument("--max-size", type=int, default=2048, help="largest image side allowed (default 2048)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="also list and load .ckpt/.pt pickle checkpoints (they can run arbitrary code)")
+    parser.add_argument("--skip-install", action="store_true", help="do not check or install requirements")
+    parser.add_argument("--test", action="store_true",
+                        help="set up, then run the test suite; arguments after -- go to pytest")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    return parser.parse_args(argv), extra
+
+
+# ----- set-up (standard library only) ---------------------------------------------------
+
+def _in_venv() -> bool:
+    return sys.prefix != getattr(sys, "base_prefix", sys.prefix)
+
+
+def _externally_managed() -> bool:
+    if _in_venv():
+        return False
+    marker = Path(sysconfig.get_path("stdlib")) / "EXTERNALLY-MANAGED"
+    return marker.exists()
+
+
+def _venv_python() -> Path:
+    return VENV_DIR / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def ensure_usable_interpreter() -> None:
+    """Re-run inside ``.venv`` where pip may not install into this interpreter (PEP 668)."""
+    if not _externally_managed():
+        return
+    python = _venv_python()
+    if not python.exists():
+        print(f"[easel] {sys.executable} is externally managed; creating {VENV_DIR}", flush=True)
+        subprocess.check_call([sys.executable, "-m", "venv", "--system-site-packages", str(VENV_DIR)])
+    print(f"[easel] continuing with {python}", flush=True)
+    os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+def _requirement_lines(path: Path) -> list[str]:
+    lines = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            lines.append(line)
+    return lines
+
+
+def _unsatisfied(requirements: list[str]) -> list[str]:
+    """The requirement lines not met by what is installed (checked with pip's own parser)."""
+    from importlib import metadata
+
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # a fresh interpreter: pip always vendors packaging
+        from pip._vendor.packaging.requirements import Requirement  # type: ignore
+
+    missing = []
+    for line in requirements:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        try:
+            version = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            missing.append(line)
+            continue
+        if requirement.specifier and not requirement.specifier.contains(version, prereleases=True):
+            missing.append(line)
+    return missing
+
+
+def _installed_torch_pins() -> list[str]:
+    from importlib import metadata
+
+    pins = []
+    for name in TORCH_PACKAGES:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return pins
+
+
+def install_requirements(files: list[Path]) -> None:
+    """pip-install whatever in ``files`` is missing, never replacing an installed torch."""
+    lines = [line for path in files for line in _requirement_lines(path)]
+    missing = _unsatisfied(lines)
+    if not missing:
+        return
+    print(f"[easel] installing: {', '.join(missing)}", flush=True)
+    pins = _installed_torch_pins()
+    command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check"]
+    for path in files:
+        command += ["-r", str(path)]
+    with tempfile.TemporaryDirectory() as tmp:
+        if pins:
+            constraints = Path(tmp) / "keep-installed-torch.txt"
+            constraints.write_text("\n".join(pins) + "\n", encoding="utf-8")
+            command += ["-c", str(constraints)]
+            print(f"[easel] keeping the installed {', '.join(pins)}", flush=True)
+        subprocess.check_call(command)
+
+
+def ensure_browser() -> None:
+    """Debian's chromium for the browser tests (never a downloaded browser build)."""
+    if Path(BROWSER).exists():
+        return
+    apt = shutil.which("apt-get")
+    if apt is None or (hasattr(os, "geteuid") and os.geteuid() != 0):
+        print("[easel] chromium is not installed and cannot be installed here; browser tests will skip", flush=True)
+        return
+    print("[easel] installing Debian's chromium for the browser tests", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.call([apt, "-qq", "update"], env=env, stdout=subprocess.DEVNULL)
+    subprocess.check_call([apt, "-qq", "install", "-y", "--no-install-recommends", "chromium"], env=env,
+                          stdout=subprocess.DEVNULL)
+
+
+# ----- running ---------------------------------------------------------------------------
+
+def run_tests(pytest_args: list[str]) -> int:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "pytest", "-q", *pytest_args]
+    print(f"[easel] {' '.join(command)}", flush=True)
+    return subprocess.call(command, cwd=ROOT, env=env)
+
+
+def serve(args: argparse.Namespace) -> None:
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    sys.path.insert(0, str(ROOT))
+    from webui.server import serve_app
+
+    serve_app(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = parse_args(argv)
+    if not args.skip_install:
+        ensure_usable_interpreter()
+        files = [REQUIREMENTS] + ([TEST_REQUIREMENTS] if args.test else [])
+        install_requirements(files)
+        if args.test:
+            ensure_browser()
+    if args.test:
+        return run_tests(extra)
+    serve(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

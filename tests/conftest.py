@@ -1,0 +1,75 @@
+"""Shared fixtures: offline environment, app contexts on temporary folders, a live server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_options(base: Path, **overrides):
+    """AppOptions on throwaway folders under ``base``, CPU, no third-party entry points."""
+    from webui.app import AppOptions
+
+    options = AppOptions(
+        models_dir=base / "models",
+        outputs_dir=base / "outputs",
+        data_dir=base / "data",
+        device="cpu",
+        entry_points=False,
+    )
+    for key, value in overrides.items():
+        setattr(options, key, value)
+    (options.models_dir / "Stable-diffusion").mkdir(parents=True, exist_ok=True)
+    return options
+
+
+@pytest.fixture
+def make_context(tmp_path):
+    """Factory: ``make_context(**AppOptions overrides)`` -> EaselContext."""
+    from webui.app import create_context
+
+    def factory(**overrides):
+        return create_context(make_options(tmp_path, **overrides))
+
+    return factory
+
+
+@pytest.fixture
+def context(make_context):
+    return make_context()
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory):
+    """A real Easel server on a free localhost port, shared by the server and browser tests."""
+    from webui.app import create_blocks, create_context
+    from webui.server import launch_blocks
+
+    base = tmp_path_factory.mktemp("server")
+    context = create_context(make_options(base))
+    blocks = create_blocks(context)
+    port = free_port()
+    launch_blocks(blocks, context, host="127.0.0.1", port=port, block=False)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        yield {"url": url, "context": context, "blocks": blocks}
+    finally:
+        blocks.close()

@@ -1,0 +1,47 @@
+"""What a person clicks: headless Debian chromium driven by Playwright (never a downloaded browser)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+if not CHROMIUM.exists():
+    pytest.skip("Debian's chromium is not installed (python launch.py --test installs it)", allow_module_level=True)
+
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def page(live_server, tmp_path_factory):
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(live_server["url"], wait_until="networkidle")
+        yield page
+        browser.close()
+
+
+def test_type_a_prompt_click_generate_and_see_an_image(page, tmp_path):
+    page.locator("#txt2img-prompt textarea").fill("a small red circle on a blue background")
+    page.locator("#txt2img-generate").click()
+    image = page.locator("#txt2img-gallery img").first
+    image.wait_for(state="visible", timeout=180_000)
+    assert page.locator("#txt2img-gallery img").count() >= 1
+    page.wait_for_function(
+        "() => (document.querySelector('#txt2img-progress')?.innerText || '').includes('image(s) in')",
+        timeout=60_000,
+    )
+    page.screenshot(path=str(tmp_path / "txt2img.png"), full_page=True)
+
+
+def test_extensions_tab_shows_the_builtins(page):
+    page.get_by_role("tab", name="Extensions").click()
+    table = page.locator("#extensions-table")
+    table.wait_for(state="visible", timeout=30_000)
+    assert "txt2img" in table.inner_text()

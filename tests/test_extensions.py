@@ -1,0 +1,158 @@
+"""The extension API: discovery, hooks doing what they say, and failures isolated."""
+
+from __future__ import annotations
+
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+
+from webui.api import ExtensionError, GenerationRequest, Setting, hookimpl
+
+SMALL = dict(width=64, height=64, steps=2, cfg_scale=5.0, save=False, seed=1, model="tiny", prompt="x")
+
+
+def write_extension(folder, name, body):
+    target = folder / name
+    target.mkdir(parents=True)
+    (target / "__init__.py").write_text(textwrap.dedent(body), encoding="utf-8")
+    return target
+
+
+def test_builtins_load_through_the_public_api(context):
+    infos = {info.name: info for info in context.extensions()}
+    assert infos["txt2img"].status == "loaded" and infos["txt2img"].origin == "builtin"
+    assert infos["extensions_page"].status == "loaded"
+    assert context.settings.get("txt2img.save_images") is True
+
+
+def test_builtin_extensions_import_only_the_public_api():
+    import ast
+    from pathlib import Path
+
+    for path in (Path(__file__).resolve().parent.parent / "extensions").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("webui"):
+                assert node.module == "webui.api", f"{path} imports {node.module}"
+            if isinstance(node, ast.Import):
+                assert not any(alias.name.startswith("webui") for alias in node.names), path
+
+
+def test_broken_drop_in_extensions_are_listed_and_skipped(make_context, tmp_path):
+    drop_ins = tmp_path / "more-extensions"
+    write_extension(drop_ins, "import_fails", "import no_such_module_anywhere\n")
+    write_extension(drop_ins, "too_new", "EASEL_API_VERSION = '9.0'\n")
+    write_extension(drop_ins, "raises_in_hook", """
+        '''Raises in every generation.'''
+        from webui.api import hookimpl
+
+        @hookimpl
+        def before_generation(request, model):
+            raise RuntimeError("boom")
+
+        @hookimpl
+        def infotext_fields(request, model):
+            return {"Dropped in": "yes"}
+    """)
+    context = make_context(extra_extension_dirs=[drop_ins])
+    infos = {info.name: info for info in context.extensions()}
+    assert infos["import_fails"].status == "failed" and "No module named" in infos["import_fails"].error
+    assert infos["too_new"].status == "failed" and "9.0" in infos["too_new"].error
+    assert infos["raises_in_hook"].status == "loaded"
+    assert infos["raises_in_hook"].description == "Raises in every generation."
+
+    result = context.generate(GenerationRequest(**SMALL))
+    assert len(result.images) == 1
+    assert "Dropped in: yes" in result.images[0].infotext
+    failures = [f for f in context.plugins.failures if f.extension == "raises_in_hook"]
+    assert failures and failures[0].stage == "before_generation" and "boom" in failures[0].message
+
+    from webui.app import create_blocks
+
+    blocks = create_blocks(context)  # the UI still builds
+    assert blocks is not None
+
+
+def test_disabled_extension_is_not_loaded(make_context, tmp_path):
+    drop_ins = tmp_path / "more"
+    write_extension(drop_ins, "noisy", "raise SystemError('should never run')\n")
+    context = make_context(extra_extension_dirs=[drop_ins], disabled_extensions={"noisy"})
+    assert {i.name: i.status for i in context.extensions()}["noisy"] == "disabled"
+
+
+def test_hooks_receive_typed_objects_and_change_the_pipeline(make_context):
+    calls = SimpleNamespace(configured=[], before=[], after=[], kwargs=[])
+
+    class Recorder:
+        """Records every hook call."""
+
+        @hookimpl
+        def register_settings(self, register):
+            register(Setting(key="recorder.flag", label="Flag", default=False, kind="bool"))
+
+        @hookimpl
+        def configure_pipeline(self, model, context):
+            calls.configured.append((model.name, model.family, type(model.pipeline).__name__))
+            model.pipeline.recorder_was_here = True
+
+        @hookimpl
+        def before_generation(self, request, model):
+            assert model.pipeline.recorder_was_here
+            calls.before.append(request.prompt)
+
+        @hookimpl
+        def pipeline_call_kwargs(self, request, model):
+            calls.kwargs.append(True)
+            return {"guidance_rescale": 0.0}
+
+        @hookimpl
+        def after_generation(self, request, model, result):
+            calls.after.append(len(result.images))
+
+    context = make_context(extra_plugins={"recorder": Recorder()})
+    assert context.settings.get("recorder.flag") is False
+    context.generate(GenerationRequest(**SMALL))
+    assert calls.configured == [("tiny", "sd1", "StableDiffusionPipeline")]
+    assert calls.before == ["x"] and calls.after == [1] and calls.kwargs == [True]
+
+
+def test_extension_error_refuses_with_its_message(make_context, tmp_path):
+    drop_ins = tmp_path / "more"
+    write_extension(drop_ins, "picky", """
+        from webui.api import ExtensionError, hookimpl
+
+        @hookimpl
+        def before_generation(request, model):
+            if "forbidden" in request.prompt:
+                raise ExtensionError("picky refuses forbidden prompts")
+    """)
+    context = make_context(extra_extension_dirs=[drop_ins])
+    with pytest.raises(ExtensionError, match="picky refuses"):
+        context.generate(GenerationRequest(**dict(SMALL, prompt="forbidden fruit")))
+    assert len(context.generate(GenerationRequest(**SMALL)).images) == 1
+
+
+def test_settings_and_last_used_values_persist_across_restarts(make_context):
+    context = make_context()
+    context.settings.set("txt2img.save_images", False)
+    context.settings.remember("txt2img", {"prompt": "kept", "steps": 33})
+    again = make_context()
+    assert again.settings.get("txt2img.save_images") is False
+    assert again.settings.last_used("txt2img") == {"prompt": "kept", "steps": 33}
+
+
+def test_corrupt_config_file_is_kept_aside_and_defaults_used(make_context, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "config.json").write_text("{not json", encoding="utf-8")
+    context = make_context()
+    assert context.settings.get("txt2img.save_images") is True
+    assert (data / "config.json.broken").exists()
+
+
+def test_invalid_setting_value_is_refused(context):
+    context.settings.register(Setting(key="t.n", label="N", default=1, kind="int", minimum=1, maximum=4))
+    with pytest.raises(ValueError, match="at most 4"):
+        context.settings.set("t.n", 9)
+    assert context.settings.get("t.n") == 1

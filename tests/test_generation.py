@@ -1,0 +1,205 @@
+"""txt2img through the pipeline manager: exactness, every family, single files, refiner, jobs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from webui.api import GenerationRequest, Job, RefinerOptions, RequestError, parse_infotext, read_infotext
+from webui.pipelines.tiny import build_tiny_pipeline
+
+SMALL = dict(width=64, height=64, steps=3, cfg_scale=5.0, save=False)
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))
+
+
+def direct_image(name: str, sampler: str, prompt: str, seed: int, negative: str | None = None, **kwargs):
+    """The same image made on a freshly built pipeline with plain diffusers calls."""
+    from webui.pipelines.schedulers import make_scheduler
+    from webui.pipelines.tiny import TINY_MODELS
+
+    pipe = build_tiny_pipeline(name)
+    pipe.scheduler = make_scheduler(pipe.scheduler.config, sampler, "Automatic", TINY_MODELS[name])
+    return pipe(
+        prompt=prompt, negative_prompt=negative, num_inference_steps=SMALL["steps"],
+        guidance_scale=SMALL["cfg_scale"], width=64, height=64,
+        generator=torch.Generator("cpu").manual_seed(seed), **kwargs,
+    ).images[0]
+
+
+@pytest.mark.parametrize(
+    "model, sampler, scheduler_name",
+    [
+        ("tiny", "Euler a", "EulerAncestralDiscreteScheduler"),
+        ("tiny", "DPM++ 2M", "DPMSolverMultistepScheduler"),
+        ("tiny-sdxl", "Euler", "EulerDiscreteScheduler"),
+        ("tiny-sd3", "Flow Euler", "FlowMatchEulerDiscreteScheduler"),
+    ],
+)
+def test_manager_output_is_bit_identical_to_bare_diffusers(context, model, sampler, scheduler_name):
+    request = GenerationRequest(prompt="a red circle on blue", negative_prompt="", model=model, seed=1234,
+                                sampler=sampler, **SMALL)
+    ours = context.generate(request).images[0].image
+    theirs = direct_image(model, sampler, "a red circle on blue", 1234)
+    with context.pipelines.use(model) as loaded:
+        assert type(loaded.pipeline.scheduler).__name__ == scheduler_name
+    assert ours.size == (64, 64)
+    assert np.array_equal(pixels(ours), pixels(theirs))
+
+
+@pytest.mark.parametrize("model, sampler", [("tiny", "Euler a"), ("tiny-sd2", "DDIM"), ("tiny-sdxl", "Euler a"),
+                                            ("tiny-sd3", "Flow Euler")])
+def test_every_family_generates(context, model, sampler):
+    request = GenerationRequest(prompt="a cat", model=model, sampler=sampler, seed=7, batch_size=2, **SMALL)
+    result = context.generate(request)
+    assert [record.seed for record in result.images] == [7, 8]
+    assert all(record.image.size == (64, 64) for record in result.images)
+    assert not np.array_equal(pixels(result.images[0].image), pixels(result.images[1].image))
+
+
+def test_seed_minus_one_draws_a_seed_that_reproduces(context):
+    first = context.generate(GenerationRequest(prompt="x", model="tiny", seed=-1, **SMALL)).images[0]
+    again = context.generate(GenerationRequest(prompt="x", model="tiny", seed=first.seed, **SMALL)).images[0]
+    assert 0 <= first.seed < 2**32
+    assert np.array_equal(pixels(first.image), pixels(again.image))
+
+
+def test_batch_count_continues_the_seed_sequence(context):
+    result = context.generate(GenerationRequest(prompt="x", model="tiny", seed=100, batch_count=3, **SMALL))
+    assert result.seeds == [100, 101, 102]
+    single = context.generate(GenerationRequest(prompt="x", model="tiny", seed=102, **SMALL)).images[0]
+    assert np.array_equal(pixels(result.images[2].image), pixels(single.image))
+
+
+def test_image_in_a_batch_matches_the_same_seed_alone(context):
+    """Batched matmuls round differently on the CPU, so equal up to a level or two, not bit-exact."""
+    result = context.generate(GenerationRequest(prompt="x", model="tiny", seed=100, batch_size=2, **SMALL))
+    assert result.seeds == [100, 101]
+    single = context.generate(GenerationRequest(prompt="x", model="tiny", seed=101, **SMALL)).images[0]
+    difference = np.abs(pixels(result.images[1].image).astype(int) - pixels(single.image).astype(int))
+    assert difference.max() <= 3
+
+
+def test_single_file_checkpoint_loads_through_from_single_file(context, tmp_path):
+    from webui.pipelines.export import export_single_file
+    from webui.pipelines.tiny import save_tiny_pipeline
+
+    folder = context.models_dir / "Stable-diffusion"
+    export_single_file(build_tiny_pipeline("tiny"), folder / "mini.safetensors")
+    save_tiny_pipeline("tiny", folder / "mini.config")  # offline configs beside the file
+    names = [source.name for source in context.list_models()]
+    assert "mini.safetensors" in names and "mini.config" not in names
+    request = dict(prompt="a house", seed=5, sampler="Euler a", **SMALL)
+    from_file = context.generate(GenerationRequest(model="mini.safetensors", **request))
+    builtin = context.generate(GenerationRequest(model="tiny", **request))
+    assert np.array_equal(pixels(from_file.images[0].image), pixels(builtin.images[0].image))
+    assert "Model: mini," in from_file.images[0].infotext
+
+
+def test_local_diffusers_folder_loads(context):
+    from webui.pipelines.tiny import save_tiny_pipeline
+
+    save_tiny_pipeline("tiny-sdxl", context.models_dir / "Stable-diffusion" / "my-xl")
+    result = context.generate(GenerationRequest(prompt="a boat", model="my-xl", sampler="Euler", seed=3, **SMALL))
+    assert result.images[0].image.size == (64, 64)
+    with context.pipelines.use("my-xl") as model:
+        assert model.family == "sdxl"
+
+
+def test_sdxl_refiner_takes_over_at_the_switch_point(context):
+    base = dict(prompt="a lighthouse", model="tiny-sdxl", sampler="Euler", seed=11, **SMALL)
+    plain = context.generate(GenerationRequest(**base)).images[0]
+    refined = context.generate(GenerationRequest(
+        refiner=RefinerOptions(model="tiny-sdxl-refiner", switch_at=0.6), **base)).images[0]
+    assert refined.image.size == (64, 64)
+    assert not np.array_equal(pixels(plain.image), pixels(refined.image))
+    assert "Refiner: tiny-sdxl-refiner" in refined.infotext and "Refiner switch at: 0.6" in refined.infotext
+
+
+class StopAt(Job):
+    """A job that presses Interrupt or Skip when a given step is reported."""
+
+    def __init__(self, action: str, at_step: int, image_index: int = 0):
+        super().__init__()
+        self.action, self.at_step, self.target_image = action, at_step, image_index
+        self.pressed = False
+
+    def step(self, step_index, preview=None):
+        super().step(step_index, preview)
+        if not self.pressed and step_index == self.at_step and self.image_index == self.target_image:
+            self.pressed = True
+            getattr(self, self.action)()
+
+
+def test_interrupt_stops_the_job_and_keeps_the_current_image(context):
+    job = StopAt("interrupt", at_step=1)
+    result = context.generate(GenerationRequest(prompt="x", model="tiny", seed=1, batch_count=3, **SMALL), job)
+    assert result.interrupted
+    assert len(result.images) == 1
+
+
+def test_skip_moves_on_to_the_next_image(context):
+    job = StopAt("skip", at_step=1, image_index=0)
+    result = context.generate(GenerationRequest(prompt="x", model="tiny", seed=1, batch_count=2, **SMALL), job)
+    assert not result.interrupted
+    assert result.skipped == 1
+    assert len(result.images) == 2
+
+
+def test_progress_reports_every_step_with_previews(context):
+    seen = []
+
+    class Recorder(Job):
+        def step(self, step_index, preview=None):
+            super().step(step_index, preview)
+            seen.append((step_index, preview is not None))
+
+    context.generate(GenerationRequest(prompt="x", model="tiny", seed=1, **dict(SMALL, steps=4)), Recorder())
+    assert [step for step, _ in seen] == [1, 2, 3, 4]
+    assert any(has_preview for _, has_preview in seen)
+
+
+def test_saved_png_carries_a1111_infotext(context):
+    request = GenerationRequest(prompt="a (red:1.2) fox, detailed", negative_prompt="blurry", model="tiny",
+                                seed=42, sampler="DPM++ 2M", schedule_type="Karras", **dict(SMALL, save=True))
+    record = context.generate(request).images[0]
+    assert record.path and record.path.endswith("-42.png")
+    assert "txt2img" in record.path
+    prompt, negative, params = parse_infotext(read_infotext(record.path))
+    assert prompt == "a (red:1.2) fox, detailed" and negative == "blurry"
+    assert params["Steps"] == "3" and params["Sampler"] == "DPM++ 2M" and params["Schedule type"] == "Karras"
+    assert params["CFG scale"] == "5.0" and params["Seed"] == "42" and params["Size"] == "64x64"
+    assert params["Model"] == "tiny" and len(params["Model hash"]) == 10
+    assert params["Version"].startswith("Easel ")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(width=0), "width must be between"),
+        (dict(width=100000), "width must be between"),
+        (dict(height=100), "multiple of 8"),
+        (dict(steps=0), "steps must be between"),
+        (dict(model="no-such-model"), "Unknown model"),
+        (dict(model="../../etc/passwd"), "Unknown model"),
+        (dict(sampler="Warp Drive"), "Sampler 'Warp Drive'"),
+        (dict(schedule_type="Sideways"), "Unknown schedule type"),
+        (dict(batch_size=0), "batch size"),
+    ],
+)
+def test_bad_requests_get_clear_messages(context, change, message):
+    from webui.errors import EaselError
+
+    request = GenerationRequest(**{**dict(prompt="x", model="tiny", seed=1, **SMALL), **change})
+    with pytest.raises(EaselError, match=message):
+        context.generate(request)
+    ok = context.generate(GenerationRequest(prompt="x", model="tiny", seed=1, **SMALL))
+    assert len(ok.images) == 1
+
+
+def test_sampler_of_the_wrong_family_is_refused(context):
+    with pytest.raises(RequestError, match="does not work with sd3"):
+        context.generate(GenerationRequest(prompt="x", model="tiny-sd3", sampler="Euler a", **SMALL))

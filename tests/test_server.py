@@ -1,0 +1,64 @@
+"""A real Easel server driven over HTTP with gradio_client."""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client
+
+from webui.api import parse_infotext, read_infotext
+
+pytestmark = pytest.mark.slow
+
+
+def txt2img_args(**overrides):
+    args = dict(model="tiny", prompt_text="a red fox, (detailed:1.2)", negative_prompt="blurry",
+                sampler_name="Euler a", schedule_type="Automatic", step_count=3, image_width=64, image_height=64,
+                cfg_scale=5, seed_value=77, count=1, size=2, refine=False, refiner_name=None, refiner_switch=0.8)
+    args.update(overrides)
+    return args
+
+
+@pytest.fixture(scope="module")
+def client(live_server):
+    return Client(live_server["url"], verbose=False)
+
+
+def test_txt2img_returns_images_whose_infotext_round_trips(client):
+    gallery, _preview, status, info, used_seed = client.predict(**txt2img_args(), api_name="/txt2img")
+    assert len(gallery) == 2, status
+    assert used_seed == 77
+    seeds = []
+    for item in gallery:
+        path = item["image"] if isinstance(item, dict) else item[0]
+        prompt, negative, params = parse_infotext(read_infotext(path))
+        assert prompt == "a red fox, (detailed:1.2)" and negative == "blurry"
+        assert params["Steps"] == "3" and params["Size"] == "64x64" and params["Sampler"] == "Euler a"
+        assert params["Model"] == "tiny" and params["CFG scale"] == "5.0"
+        seeds.append(int(params["Seed"]))
+    assert seeds == [77, 78]
+    assert parse_infotext(info)[2]["Seed"] == "77"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(image_height=100), "multiple of 8"),
+        (dict(model="no-such-model"), "no-such-model"),
+        (dict(sampler_name="Flow Euler"), "does not work with sd1"),
+        (dict(schedule_type="Sideways"), "Sideways"),
+        (dict(image_width=100000), "100000"),
+        (dict(step_count=0), "0"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(client, overrides, message):
+    with pytest.raises(Exception) as failure:
+        client.predict(**txt2img_args(**overrides), api_name="/txt2img")
+    assert message in str(failure.value)
+    gallery, *_ = client.predict(**txt2img_args(size=1), api_name="/txt2img")
+    assert len(gallery) == 1
+
+
+def test_extensions_endpoint_lists_builtins(client):
+    table = client.predict(api_name="/extensions")
+    names = [row[0] for row in table["data"]]
+    assert "txt2img" in names and "extensions_page" in names

@@ -1,0 +1,110 @@
+"""The public extension API of Easel: the only module an extension imports.
+
+Versioning: ``API_VERSION`` is ``MAJOR.MINOR``. A minor bump only adds (hooks, fields,
+helpers); a major bump may remove or change. An extension may set
+``EASEL_API_VERSION = "1.0"`` at module level: it then loads only on an Easel with the
+same major version and at least that minor version. Anything deprecated stays for one
+minor version with a ``DeprecationWarning`` before it goes at the next major version.
+
+A minimal extension (a folder under ``extensions/`` with this ``__init__.py``)::
+
+    '''Adds a field to every image's infotext.'''
+    from webui.api import hookimpl
+
+    @hookimpl
+    def infotext_fields(request, model):
+        '''Record the model family.'''
+        return {"Family": model.family}
+
+Hooks, with their contracts, are documented in :mod:`webui.hookspecs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pluggy
+
+from webui.config import Setting
+from webui.context import EaselContext
+from webui.errors import EaselError, ExtensionError, GenerationError
+from webui.hookspecs import PROJECT_NAME
+from webui.infotext import build_infotext, parse_infotext
+from webui.jobs import (
+    GenerationRequest,
+    GenerationResult,
+    ImageRecord,
+    Job,
+    RefinerOptions,
+    RequestError,
+    resolve_seed,
+)
+from webui.outputs import read_infotext, save_image
+from webui.pipelines.families import FAMILIES, FAMILY_LABELS
+from webui.pipelines.manager import LoadedModel
+from webui.pipelines.schedulers import SAMPLERS, SCHEDULE_TYPES, samplers_for
+from webui.pipelines.sources import ModelSource
+from webui.plugins import API_VERSION
+
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@dataclass
+class Tab:
+    """A top-level UI tab registered through the ``register_tabs`` hook.
+
+    ``render(ui)`` is called inside the tab with a :class:`UIContext` and creates the
+    Gradio components. Lower ``order`` comes first.
+    """
+
+    id: str
+    label: str
+    render: Callable[["UIContext"], None]
+    order: int = 100
+
+
+@dataclass
+class UIContext:
+    """What a tab's ``render`` gets: the app context plus UI helpers."""
+
+    context: EaselContext
+
+    def last_used(self, scope: str) -> dict[str, Any]:
+        """The values this tab saved with :meth:`remember` (empty on first start)."""
+        return self.context.settings.last_used(scope)
+
+    def remember(self, scope: str, values: dict[str, Any]) -> None:
+        """Save this tab's current values so they come back after a restart."""
+        self.context.settings.remember(scope, values)
+
+
+__all__ = [
+    "API_VERSION",
+    "EaselContext",
+    "EaselError",
+    "ExtensionError",
+    "FAMILIES",
+    "FAMILY_LABELS",
+    "GenerationError",
+    "GenerationRequest",
+    "GenerationResult",
+    "ImageRecord",
+    "Job",
+    "LoadedModel",
+    "ModelSource",
+    "RefinerOptions",
+    "RequestError",
+    "SAMPLERS",
+    "SCHEDULE_TYPES",
+    "Setting",
+    "Tab",
+    "UIContext",
+    "build_infotext",
+    "hookimpl",
+    "parse_infotext",
+    "read_infotext",
+    "resolve_seed",
+    "samplers_for",
+    "save_image",
+]

@@ -1,0 +1,93 @@
+"""Assembling one Easel app from its options: folders, settings, extensions, manager, UI."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from webui.config import Setting, SettingsStore
+from webui.context import EaselContext
+from webui.pipelines.hashing import HashCache
+from webui.pipelines.manager import LoadedModel, PipelineManager, resolve_device
+from webui.pipelines.sources import ModelCatalog
+from webui.plugins import PluginHost
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = "tiny"
+
+
+@dataclass
+class AppOptions:
+    """Everything that shapes an app instance (the command-line flags map onto this)."""
+
+    models_dir: Path = REPO_ROOT / "models"
+    outputs_dir: Path = REPO_ROOT / "outputs"
+    data_dir: Path = REPO_ROOT / "data"
+    extensions_dir: Path = REPO_ROOT / "extensions"
+    extra_extension_dirs: list[Path] = field(default_factory=list)
+    device: str = "auto"
+    precision: str = "auto"
+    model: str | None = None
+    max_side: int = 2048
+    max_loaded: int = 2
+    allow_pickle: bool = False
+    entry_points: bool = True
+    disabled_extensions: set[str] = field(default_factory=set)
+    extra_plugins: dict[str, object] = field(default_factory=dict)  # name -> already imported extension
+
+
+def create_context(options: AppOptions) -> EaselContext:
+    """Load extensions and settings and build the pipeline manager (no model is loaded)."""
+    for folder in (options.outputs_dir, options.data_dir):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    settings = SettingsStore(Path(options.data_dir) / "config.json")
+    disabled = set(options.disabled_extensions) | set(settings.get("disabled_extensions", []) or [])
+    plugins = PluginHost(disabled=disabled)
+    plugins.load_all(options.extensions_dir, options.extra_extension_dirs, entry_points=options.entry_points)
+    for name, plugin in options.extra_plugins.items():
+        plugins.register_object(name, plugin)
+
+    def register_setting(setting: Setting) -> None:
+        if not isinstance(setting, Setting):
+            raise TypeError(f"register_settings expects webui.api.Setting, got {type(setting).__name__}")
+        settings.register(setting)
+
+    plugins.call("register_settings", register=register_setting)
+
+    context_holder: list[EaselContext] = []
+
+    def configure(model: LoadedModel) -> None:
+        plugins.call("configure_pipeline", model=model, context=context_holder[0])
+
+    catalog = ModelCatalog(Path(options.models_dir), allow_pickle=options.allow_pickle)
+    manager = PipelineManager(
+        catalog,
+        device=resolve_device(options.device),
+        precision=options.precision,
+        max_loaded=options.max_loaded,
+        hash_cache=HashCache(Path(options.data_dir) / "hashes.json"),
+        configure=configure,
+    )
+    context = EaselContext(
+        settings=settings,
+        pipelines=manager,
+        plugins=plugins,
+        models_dir=Path(options.models_dir),
+        outputs_dir=Path(options.outputs_dir),
+        data_dir=Path(options.data_dir),
+        default_model=options.model or DEFAULT_MODEL,
+        max_side=options.max_side,
+    )
+    context_holder.append(context)
+    plugins.call("app_started", context=context)
+    return context
+
+
+def create_blocks(context: EaselContext):
+    """The Gradio Blocks UI for a context."""
+    from webui.ui.shell import build_blocks
+
+    return build_blocks(context)

@@ -1,0 +1,43 @@
+"""The running app's context: what extensions get to work with (through ``webui.api``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from webui.jobs import GenerationRequest, GenerationResult, Job
+
+if TYPE_CHECKING:
+    from webui.config import SettingsStore
+    from webui.pipelines.manager import PipelineManager
+    from webui.pipelines.sources import ModelSource
+    from webui.plugins import ExtensionInfo, PluginHost
+
+
+@dataclass
+class EaselContext:
+    """Settings, the pipeline manager, folders and the generation entry point of one app."""
+
+    settings: "SettingsStore"
+    pipelines: "PipelineManager"
+    plugins: "PluginHost"
+    models_dir: Path
+    outputs_dir: Path
+    data_dir: Path
+    default_model: str = "tiny"
+    max_side: int = 2048
+
+    def generate(self, request: GenerationRequest, job: Job | None = None) -> GenerationResult:
+        """Run a txt2img job through the shared generation path."""
+        from webui.generation import run_generation
+
+        return run_generation(self, request, job)
+
+    def list_models(self) -> list["ModelSource"]:
+        """Every model a user can pick: built-ins, local files and folders, hub presets."""
+        return self.pipelines.list_models()
+
+    def extensions(self) -> list["ExtensionInfo"]:
+        """What is loaded, disabled or failed, for the Extensions page."""
+        return list(self.plugins.extensions.values())

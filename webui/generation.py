@@ -1,0 +1,200 @@
+"""The one generation path shared by the UI, the REST API and the tests.
+
+request -> device lock + loaded model (pipeline manager) -> hooks -> scheduler and
+prompt embeddings -> diffusers call with a step callback (progress, preview,
+interrupt/skip) -> optional SDXL refiner -> infotext -> PNG saved -> result.
+
+Seeds follow AUTOMATIC1111: image ``i`` of a job gets ``seed + i``. Noise comes from a
+CPU ``torch.Generator`` (infotext ``RNG: CPU``), so a seed gives the same image on any
+device.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from webui import __version__
+from webui.errors import EaselError, GenerationError
+from webui.infotext import build_infotext
+from webui.jobs import GenerationRequest, GenerationResult, ImageRecord, Job, RequestError, resolve_seed
+from webui.outputs import save_image
+from webui.pipelines.schedulers import SCHEDULE_TYPES, make_scheduler, samplers_for
+from webui.previews import latents_to_preview
+from webui.prompts import encode_prompts, needs_embeddings
+
+if TYPE_CHECKING:
+    from webui.context import EaselContext
+    from webui.pipelines.manager import LoadedModel
+
+log = logging.getLogger(__name__)
+
+OUTPUT_TASK = "txt2img"
+PREVIEW_EVERY_STEPS = 2
+
+
+def prompt_arguments(pipe: Any, family: str, prompt: str, negative_prompt: str) -> dict[str, Any]:
+    """Plain strings when diffusers can take them as they are, else weighted embeddings."""
+    if needs_embeddings(pipe, prompt, negative_prompt):
+        return encode_prompts(pipe, family, prompt, negative_prompt)
+    return {"prompt": prompt, "negative_prompt": negative_prompt or None}
+
+
+def build_image_infotext(request: GenerationRequest, model: "LoadedModel", seed: int, extra: dict[str, Any]) -> str:
+    """A1111-format infotext for one image."""
+    params: dict[str, Any] = {
+        "Steps": request.steps,
+        "Sampler": request.sampler,
+        "Schedule type": request.schedule_type,
+        "CFG scale": request.cfg_scale,
+        "Seed": seed,
+        "Size": f"{request.width}x{request.height}",
+        "Model hash": model.model_hash,
+        "Model": model.source.name.rsplit(".", 1)[0] if model.source.kind == "file" else model.source.name,
+        "RNG": "CPU",
+    }
+    if request.refiner is not None:
+        params["Refiner"] = request.refiner.model
+        params["Refiner switch at"] = request.refiner.switch_at
+    params.update(extra)
+    params["Version"] = f"Easel {__version__}"
+    return build_infotext(request.prompt, request.negative_prompt, params)
+
+
+class _StepReporter:
+    """The diffusers ``callback_on_step_end``: progress, previews, Interrupt and Skip."""
+
+    def __init__(self, job: Job, family: str, step_offset: int = 0) -> None:
+        self.job = job
+        self.family = family
+        self.step_offset = step_offset
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        number = self.step_offset + step + 1
+        preview = None
+        latents = callback_kwargs.get("latents")
+        if latents is not None and number % PREVIEW_EVERY_STEPS == 0:
+            try:
+                preview = latents_to_preview(latents, self.family)
+            except Exception as exc:  # a preview must never break a generation
+                log.debug("preview failed: %s", exc)
+        self.job.step(number, preview)
+        if self.job.interrupted or self.job.skip_requested:
+            pipe._interrupt = True
+        return {}
+
+
+def _free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_generation(context: "EaselContext", request: GenerationRequest, job: Job | None = None) -> GenerationResult:
+    """Run one txt2img job; raises :class:`RequestError` / :class:`GenerationError` with user messages."""
+    job = job or Job()
+    request.validate(context.max_side)
+    result = GenerationResult()
+    started = time.monotonic()
+    with context.pipelines.use(request.model) as model:
+        if request.sampler not in samplers_for(model.family):
+            raise RequestError(
+                f"Sampler {request.sampler!r} does not work with {model.family} models; "
+                f"choose one of: {', '.join(samplers_for(model.family))}"
+            )
+        if request.schedule_type not in SCHEDULE_TYPES:
+            raise RequestError(f"Unknown schedule type {request.schedule_type!r}; choose one of: "
+                               f"{', '.join(SCHEDULE_TYPES)}")
+        if request.refiner is not None and model.family != "sdxl":
+            raise RequestError("The SDXL refiner can only follow an SDXL base model")
+        if model.family == "sdxl-refiner":
+            raise RequestError("A refiner model cannot draw from a prompt alone: choose an SDXL base model "
+                               "and pick this one as its refiner")
+        try:
+            context.plugins.call("before_generation", request=request, model=model)
+            _run_batches(context, request, model, job, result)
+        except EaselError:
+            raise
+        except torch.OutOfMemoryError as exc:
+            _free_memory(model.device)
+            raise GenerationError(
+                f"Out of memory on {model.device} at {request.width}x{request.height}, batch size "
+                f"{request.batch_size}. Try a smaller size or batch, or a lower-memory profile "
+                "(--medvram / --lowvram, VAE tiling, CPU offload). The server is still running."
+            ) from exc
+        except Exception as exc:
+            log.exception("Generation failed")
+            _free_memory(model.device)
+            raise GenerationError(f"Generation failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            result.interrupted = job.interrupted
+            result.seconds = time.monotonic() - started
+            context.plugins.call("after_generation", request=request, model=model, result=result)
+    return result
+
+
+def _run_batches(context: "EaselContext", request: GenerationRequest, model: "LoadedModel", job: Job,
+                 result: GenerationResult) -> None:
+    pipe = model.pipeline
+    pipe.scheduler = make_scheduler(model.base_scheduler_config, request.sampler, request.schedule_type, model.family)
+    base_seed = resolve_seed(request.seed)
+    prompt_kwargs = prompt_arguments(pipe, model.family, request.prompt, request.negative_prompt)
+    extra_fields: dict[str, Any] = {}
+    for fields in context.plugins.call("infotext_fields", request=request, model=model):
+        extra_fields.update(fields)
+    call_kwargs: dict[str, Any] = {}
+    for kwargs in context.plugins.call("pipeline_call_kwargs", request=request, model=model):
+        call_kwargs.update(kwargs)
+    total = request.batch_count * request.batch_size
+    for batch_index in range(request.batch_count):
+        if job.interrupted:
+            break
+        first = batch_index * request.batch_size
+        seeds = [base_seed + first + offset for offset in range(request.batch_size)]
+        job.start_image(first, total, request.steps)
+        images = _draw(context, request, model, job, seeds, prompt_kwargs, call_kwargs)
+        for image, seed in zip(images, seeds):
+            infotext = build_image_infotext(request, model, seed, extra_fields)
+            path = save_image(image, context.outputs_dir, OUTPUT_TASK, infotext, seed) if request.save else None
+            result.images.append(ImageRecord(image=image, seed=seed, infotext=infotext,
+                                             path=str(path) if path else None))
+        if job.take_skip():
+            result.skipped += 1
+
+
+def _draw(context: "EaselContext", request: GenerationRequest, model: "LoadedModel", job: Job, seeds: list[int],
+          prompt_kwargs: dict[str, Any], call_kwargs: dict[str, Any]) -> list[Any]:
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    common = dict(
+        num_inference_steps=request.steps,
+        guidance_scale=request.cfg_scale,
+        generator=generators,
+        num_images_per_prompt=request.batch_size,
+    )
+    if request.refiner is None:
+        output = model.pipeline(
+            **prompt_kwargs, **common, width=request.width, height=request.height,
+            callback_on_step_end=_StepReporter(job, model.family), output_type="pil", **call_kwargs,
+        )
+        return list(output.images)
+    switch_at = float(request.refiner.switch_at)
+    latents = model.pipeline(
+        **prompt_kwargs, **common, width=request.width, height=request.height, denoising_end=switch_at,
+        callback_on_step_end=_StepReporter(job, model.family), output_type="latent", **call_kwargs,
+    ).images
+    with context.pipelines.use(request.refiner.model) as refiner:
+        if refiner.family != "sdxl-refiner" and refiner.family != "sdxl":
+            raise RequestError(f"{request.refiner.model} is not an SDXL model and cannot refine")
+        refiner.pipeline.scheduler = make_scheduler(refiner.base_scheduler_config, request.sampler,
+                                                    request.schedule_type, refiner.family)
+        refiner_prompt = prompt_arguments(refiner.pipeline, refiner.family, request.prompt, request.negative_prompt)
+        base_steps = int(round(request.steps * switch_at))
+        output = refiner.pipeline(
+            **refiner_prompt, **common, image=latents, denoising_start=switch_at,
+            callback_on_step_end=_StepReporter(job, refiner.family, step_offset=base_steps), output_type="pil",
+        )
+    return list(output.images)

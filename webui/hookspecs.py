@@ -1,0 +1,102 @@
+"""Every hook an Easel extension can implement, each with its contract.
+
+Extensions implement these with ``@hookimpl`` from :mod:`webui.api` (never import this
+module in an extension). An implementation may accept any subset of the listed
+arguments, in any order, by name. Hooks are called for every enabled extension; an
+implementation that raises is reported on the Extensions page and skipped, and the
+call goes on with the other extensions.
+
+Registration hooks take a ``register`` callback (as ``llm`` does) instead of returning
+lists, so one extension can register several things and the types stay checked.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "easel"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+@hookspec
+def register_settings(register):
+    """Declare settings this extension reads.
+
+    Called once at start-up, before the UI is built. ``register(setting)`` takes a
+    :class:`webui.api.Setting`; its ``key`` must be unique across extensions (prefix it
+    with the extension name). Values are persisted in the data folder's config file and
+    shown on the Settings tab. Returns nothing.
+    """
+
+
+@hookspec
+def register_tabs(register):
+    """Add top-level UI tabs.
+
+    Called once while the Gradio Blocks app is built. ``register(tab)`` takes a
+    :class:`webui.api.Tab`; its ``render(ui)`` callable is invoked inside the tab's
+    ``gr.Tab`` context with a :class:`webui.api.UIContext` and creates the components.
+    Returns nothing.
+    """
+
+
+@hookspec
+def app_started(context):
+    """Called once after all extensions are loaded and settings registered.
+
+    ``context`` is the :class:`webui.api.EaselContext` of the running app. Use it to
+    prepare state that needs the app (not for heavy work: the UI is not up yet).
+    Returns nothing.
+    """
+
+
+@hookspec
+def configure_pipeline(model, context):
+    """Configure a freshly loaded pipeline (memory options, attention, offload, ...).
+
+    Called right after a model is loaded (or re-configured after a settings change),
+    while the device lock is held and before any generation uses it. ``model`` is a
+    :class:`webui.api.LoadedModel` (``model.pipeline`` is the diffusers pipeline,
+    ``model.family`` one of ``sd1, sd2, sdxl, sdxl-refiner, sd3``); ``context`` the app's
+    :class:`webui.api.EaselContext`. Modify the pipeline in place. Returns nothing.
+    Raise :class:`webui.api.ExtensionError` to refuse a combination with a message the
+    user will see.
+    """
+
+
+@hookspec
+def before_generation(request, model):
+    """Called before every generation, with the device lock held.
+
+    ``request`` is the :class:`webui.api.GenerationRequest` (validated, seeds not yet
+    drawn); ``model`` the :class:`webui.api.LoadedModel` about to run it. An extension
+    may adjust ``request.extras`` or the pipeline for this one job. Returns nothing.
+    """
+
+
+@hookspec
+def pipeline_call_kwargs(request, model):
+    """Extra keyword arguments for the diffusers pipeline call.
+
+    Return a dict (merged over the ones Easel builds; later extensions win on clashes)
+    or None. Called once per batch, after ``before_generation``.
+    """
+
+
+@hookspec
+def after_generation(request, model, result):
+    """Called after a generation finished, was interrupted, or failed halfway.
+
+    ``result`` is the :class:`webui.api.GenerationResult` with the images produced so far
+    (already saved when saving is on). Returns nothing.
+    """
+
+
+@hookspec
+def infotext_fields(request, model):
+    """Extra ``key: value`` pairs for the image's infotext (A1111 format).
+
+    Return a dict of field name to value (None values are left out), or None. Use it to
+    record options that change the image, so the image can be reproduced.
+    """
