@@ -22,7 +22,8 @@ def page(live_server, tmp_path_factory):
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(live_server["url"], wait_until="networkidle")
+        page.goto(live_server["url"], wait_until="domcontentloaded")
+        page.locator("#txt2img-prompt textarea").wait_for(state="visible", timeout=60_000)
         yield page
         browser.close()
 
@@ -38,6 +39,7 @@ def test_type_a_prompt_click_generate_and_see_an_image(page, tmp_path):
         timeout=60_000,
     )
     page.screenshot(path=str(tmp_path / "txt2img.png"), full_page=True)
+    page.screenshot(path="/tmp/easel-txt2img.png", full_page=True)
 
 
 def test_extensions_tab_shows_the_builtins(page):

@@ -227,7 +227,7 @@ def test_round_trip_hypothesis():
     )
     values = st.one_of(st.text(max_size=20), st.integers(), st.floats(allow_nan=False), st.booleans())
 
-    @hypothesis.settings(max_examples=5000, deadline=None)
+    @hypothesis.settings(max_examples=300, deadline=None)
     @hypothesis.given(
         prompt=st.text(max_size=40), negative=st.text(max_size=40),
         params=st.dictionaries(keys, values, min_size=1, max_size=6),

@@ -11,9 +11,9 @@ pytestmark = pytest.mark.slow
 
 
 def txt2img_args(**overrides):
-    args = dict(model="tiny", prompt_text="a red fox, (detailed:1.2)", negative_prompt="blurry",
-                sampler_name="Euler a", schedule_type="Automatic", step_count=3, image_width=64, image_height=64,
-                cfg_scale=5, seed_value=77, count=1, size=2, refine=False, refiner_name=None, refiner_switch=0.8)
+    args = dict(model="tiny", prompt="a red fox, (detailed:1.2)", negative_prompt="blurry", sampler="Euler a",
+                schedule_type="Automatic", steps=3, width=64, height=64, cfg_scale=5, seed=77, batch_count=1,
+                batch_size=2, use_refiner=False, refiner_model=None, refiner_switch_at=0.8)
     args.update(overrides)
     return args
 
@@ -42,19 +42,19 @@ def test_txt2img_returns_images_whose_infotext_round_trips(client):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(image_height=100), "multiple of 8"),
+        (dict(height=100), "multiple of 8"),
         (dict(model="no-such-model"), "no-such-model"),
-        (dict(sampler_name="Flow Euler"), "does not work with sd1"),
+        (dict(sampler="Flow Euler"), "does not work with sd1"),
         (dict(schedule_type="Sideways"), "Sideways"),
-        (dict(image_width=100000), "100000"),
-        (dict(step_count=0), "0"),
+        (dict(width=100000), "100000"),
+        (dict(steps=0), "0"),
     ],
 )
 def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(client, overrides, message):
     with pytest.raises(Exception) as failure:
         client.predict(**txt2img_args(**overrides), api_name="/txt2img")
     assert message in str(failure.value)
-    gallery, *_ = client.predict(**txt2img_args(size=1), api_name="/txt2img")
+    gallery, *_ = client.predict(**txt2img_args(batch_size=1), api_name="/txt2img")
     assert len(gallery) == 1
 
 

@@ -99,19 +99,17 @@ def render_txt2img_tab(ui: UIContext) -> None:
             info = gr.Textbox(label="Generation parameters", lines=4, interactive=False)
             used_seed = gr.Number(label="Seed used", precision=0, interactive=False)
 
-    def run(holder: dict, model_name: str, prompt_text: str, negative_prompt: str, sampler_name: str,
-            schedule_type: str, step_count: float, image_width: float, image_height: float, cfg_scale: float,
-            seed_value: float, count: float, size: float, refine: bool, refiner_name: str | None,
-            refiner_switch: float):
+    def run(holder: dict, model: str, prompt: str, negative_prompt: str, sampler: str, schedule_type: str,
+            steps: float, width: float, height: float, cfg_scale: float, seed: float, batch_count: float,
+            batch_size: float, use_refiner: bool, refiner_model: str | None, refiner_switch_at: float):
         """Generate images; yields progress while the job runs, then the gallery."""
         request = GenerationRequest(
-            prompt=prompt_text or "", negative_prompt=negative_prompt or "", model=model_name or "",
-            sampler=sampler_name, schedule_type=schedule_type, steps=int(step_count), width=int(image_width),
-            height=int(image_height), cfg_scale=float(cfg_scale), seed=int(seed_value if seed_value is not None
-                                                                                  else -1),
-            batch_count=int(count), batch_size=int(size),
-            refiner=RefinerOptions(model=refiner_name, switch_at=float(refiner_switch))
-            if refine and refiner_name else None,
+            prompt=prompt or "", negative_prompt=negative_prompt or "", model=model or "", sampler=sampler,
+            schedule_type=schedule_type, steps=int(steps), width=int(width), height=int(height),
+            cfg_scale=float(cfg_scale), seed=int(seed if seed is not None else -1), batch_count=int(batch_count),
+            batch_size=int(batch_size),
+            refiner=RefinerOptions(model=refiner_model, switch_at=float(refiner_switch_at))
+            if use_refiner and refiner_model else None,
             save=bool(context.settings.get("txt2img.save_images", True)),
         )
         ui.remember(SCOPE, {key: getattr(request, key) for key in REMEMBERED})

@@ -226,8 +226,10 @@ def _build_sd2() -> StableDiffusionPipeline:
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=2,
+        # Cross-attention at the full-resolution level is what diffusers checks for SD2
+        # (input_blocks.2.1); the up path skips it there to keep 768 px affordable on a CPU.
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         cross_attention_dim=1024,
