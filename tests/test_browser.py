@@ -30,6 +30,10 @@ def page(live_server, tmp_path_factory):
 
 def test_type_a_prompt_click_generate_and_see_an_image(page, tmp_path):
     page.locator("#txt2img-prompt textarea").fill("a small red circle on a blue background")
+    for slider, value in (("steps", "4"), ("width", "128"), ("height", "128")):
+        number = page.locator(f"#txt2img-{slider} input[type=number]")
+        number.fill(value)
+        number.press("Enter")
     page.locator("#txt2img-generate").click()
     image = page.locator("#txt2img-gallery img").first
     image.wait_for(state="visible", timeout=180_000)
@@ -38,6 +42,8 @@ def test_type_a_prompt_click_generate_and_see_an_image(page, tmp_path):
         "() => (document.querySelector('#txt2img-progress')?.innerText || '').includes('image(s) in')",
         timeout=60_000,
     )
+    info = page.locator("#txt2img-info textarea").input_value()
+    assert "Steps: 4" in info and "Size: 128x128" in info
     page.screenshot(path=str(tmp_path / "txt2img.png"), full_page=True)
     page.screenshot(path="/tmp/easel-txt2img.png", full_page=True)
 

@@ -200,6 +200,34 @@ def test_bad_requests_get_clear_messages(context, change, message):
     assert len(ok.images) == 1
 
 
+def test_hub_model_without_network_says_what_to_do(context):
+    from webui.pipelines.loaders import ModelLoadError
+
+    for name in ("stabilityai/stable-diffusion-xl-base-1.0", "someone/some-model"):
+        with pytest.raises(ModelLoadError, match="from the hub"):
+            context.generate(GenerationRequest(prompt="x", model=name, sampler="Euler", **SMALL))
+    assert context.pipelines.loaded_names() == []
+    assert len(context.generate(GenerationRequest(prompt="x", model="tiny", **SMALL)).images) == 1
+
+
+def test_corrupt_checkpoint_file_is_reported(context):
+    from webui.errors import EaselError
+
+    (context.models_dir / "Stable-diffusion" / "broken.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(EaselError, match="broken.safetensors"):
+        context.generate(GenerationRequest(prompt="x", model="broken.safetensors", **SMALL))
+
+
+def test_pickle_checkpoints_are_not_listed_without_opt_in(make_context, tmp_path):
+    context = make_context()
+    (context.models_dir / "Stable-diffusion" / "old.ckpt").write_bytes(b"not really")
+    assert "old.ckpt" not in [source.name for source in context.list_models()]
+    with pytest.raises(Exception, match="--allow-pickle"):
+        context.generate(GenerationRequest(prompt="x", model="old.ckpt", **SMALL))
+    opted_in = make_context(allow_pickle=True)
+    assert "old.ckpt" in [source.name for source in opted_in.list_models()]
+
+
 def test_sampler_of_the_wrong_family_is_refused(context):
     with pytest.raises(RequestError, match="does not work with sd3"):
         context.generate(GenerationRequest(prompt="x", model="tiny-sd3", sampler="Euler a", **SMALL))

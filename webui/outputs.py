@@ -21,6 +21,8 @@ __all__ = ["save_image", "read_infotext", "INFOTEXT_KEY"]
 INFOTEXT_KEY = "parameters"
 
 _TASK_RE = re.compile(r"[A-Za-z0-9_-]+")
+# Names Windows refuses as folder names.
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 _NUMBERED_RE = re.compile(r"^(\d+)-")
 _PNG_MODES = {"RGB", "RGBA", "L", "LA"}
 _MAX_ATTEMPTS = 1000
@@ -45,12 +47,13 @@ def _prepare_image(image: Image.Image) -> Image.Image:
     if image.mode == "1":
         return image.convert("L")
     if image.mode.startswith("I") or image.mode == "F":
-        # 16/32-bit integer greyscale (as 16-bit PNGs open) is scaled from 0..65535 to 8 bits;
-        # float images are taken as 0..1 when they fit, else as 0..255.
+        # 16-bit greyscale ("I;16*", and "I" holding values above 255, as 16-bit PNGs open) is
+        # scaled from 0..65535 to 8 bits; float images are taken as 0..1 when they fit, else
+        # as 0..255.
         import numpy as np
 
         data = np.asarray(image, dtype=np.float64)
-        if image.mode != "F":
+        if image.mode.startswith("I;16") or (image.mode == "I" and data.size and data.max() > 255):
             data = data / 257.0
         elif data.size and np.nanmax(data) <= 1.0:
             data = data * 255.0
@@ -122,11 +125,11 @@ def save_image(
 
     Args:
         image: the image.  RGB, RGBA, L and LA are stored as they are; palette images
-            become RGB (RGBA when they have transparency), 1-bit become L, 16/32-bit
-            greyscale is scaled to 8-bit L, anything else (CMYK, YCbCr, ...) becomes RGB.
+            become RGB (RGBA when they have transparency), 1-bit become L, 16-bit and
+            float greyscale are scaled to 8-bit L, anything else (CMYK, YCbCr, ...) becomes RGB.
         outputs_dir: root folder of all outputs.
         task: sub-folder for the kind of job, e.g. ``"txt2img"``; only letters, digits,
-            ``-`` and ``_``.
+            ``-`` and ``_`` (and not a name Windows reserves, such as ``CON``).
         infotext: generation parameters (see :func:`webui.infotext.build_infotext`),
             stored in the ``parameters`` text chunk; nothing is stored when empty.
         seed: the image's seed, used in the file name.
@@ -138,8 +141,8 @@ def save_image(
     Raises:
         ValueError: ``task`` is not a simple name (this also rules out path traversal).
     """
-    if not isinstance(task, str) or not _TASK_RE.fullmatch(task):
-        raise ValueError(f"task must consist of letters, digits, '-' and '_' only, got {task!r}")
+    if not isinstance(task, str) or not _TASK_RE.fullmatch(task) or task.upper() in _RESERVED:
+        raise ValueError(f"task must be a simple name of letters, digits, '-' and '_', got {task!r}")
     seed = int(seed)
     now = now or datetime.now()
     folder = Path(outputs_dir) / task / now.strftime("%Y-%m-%d")

@@ -75,10 +75,12 @@ def render_txt2img_tab(ui: UIContext) -> None:
                 sampler = gr.Dropdown(choices=_all_samplers(), value=last.get("sampler", "Euler a"), label="Sampler")
                 schedule = gr.Dropdown(choices=SCHEDULE_TYPES, value=last.get("schedule_type", "Automatic"),
                                        label="Schedule type")
-            steps = gr.Slider(1, 150, value=last.get("steps", 20), step=1, label="Steps")
+            steps = gr.Slider(1, 150, value=last.get("steps", 20), step=1, label="Steps", elem_id="txt2img-steps")
             with gr.Row():
-                width = gr.Slider(64, context.max_side, value=last.get("width", 512), step=8, label="Width")
-                height = gr.Slider(64, context.max_side, value=last.get("height", 512), step=8, label="Height")
+                width = gr.Slider(64, context.max_side, value=last.get("width", 512), step=8, label="Width",
+                                  elem_id="txt2img-width")
+                height = gr.Slider(64, context.max_side, value=last.get("height", 512), step=8, label="Height",
+                                   elem_id="txt2img-height")
             with gr.Row():
                 batch_count = gr.Slider(1, 100, value=last.get("batch_count", 1), step=1, label="Batch count")
                 batch_size = gr.Slider(1, 8, value=last.get("batch_size", 1), step=1, label="Batch size")
@@ -96,7 +98,7 @@ def render_txt2img_tab(ui: UIContext) -> None:
             preview = gr.Image(label="Preview", visible=True, interactive=False, height=200, format="png")
             gallery = gr.Gallery(label="Images", columns=2, format="png", elem_id="txt2img-gallery",
                                  interactive=False)
-            info = gr.Textbox(label="Generation parameters", lines=4, interactive=False)
+            info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id="txt2img-info")
             used_seed = gr.Number(label="Seed used", precision=0, interactive=False)
 
     def run(holder: dict, model: str, prompt: str, negative_prompt: str, sampler: str, schedule_type: str,

@@ -377,7 +377,8 @@ def pipeline_to_original_state_dict(pipe) -> StateDict:
     ``ValueError`` when a weight has no original-layout name.
     """
     components = getattr(pipe, "components", {})
-    if components.get("transformer") is not None and type(components["transformer"]).__name__ == "SD3Transformer2DModel":
+    transformer = components.get("transformer")
+    if transformer is not None and type(transformer).__name__ == "SD3Transformer2DModel":
         out = _prefixed("model.diffusion_model.", convert_sd3_transformer_to_original(
             _state_dict(pipe.transformer), pipe.transformer.config))
         out.update(_prefixed("first_stage_model.", convert_vae_to_original(_state_dict(pipe.vae), pipe.vae.config)))

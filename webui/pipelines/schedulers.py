@@ -196,7 +196,7 @@ _LEGACY_SUFFIXES = {" karras": "Karras", " exponential": "Exponential"}
 class UnknownSamplerError(ValueError):
     """A sampler name that is not known for the model family; the message lists the valid ones."""
 
-    def __init__(self, sampler: str, family: str, message: str | None = None):
+    def __init__(self, sampler: str, family: str = "sd1", message: str | None = None):
         self.sampler = sampler
         self.family = family
         self.valid = samplers_for(family) if family in FAMILIES else []
@@ -258,16 +258,15 @@ def samplers_for(family: str) -> list[str]:
 def _lookup(sampler: str, family: str) -> tuple[str, str | None]:
     """Map any accepted spelling to ``(canonical sampler, schedule type implied by the name)``."""
     flow = family in _FLOW_FAMILIES
-    name = " ".join(str(sampler).split())
-    lowered = name.lower()
     by_lower = {key.lower(): key for key in _SPECS}
 
     def plain(key: str) -> str | None:
         if flow and key in _FLOW_ALIASES:
             return _FLOW_ALIASES[key]
-        found = by_lower.get(key) or _ALIASES.get(key)
-        return found
+        return by_lower.get(_ALIASES.get(key, key).lower())
 
+    lowered = " ".join(str(sampler).split()).lower()
+    lowered = _ALIASES.get(lowered, lowered).lower()  # aliases may name a legacy spelling
     implied: str | None = None
     found = plain(lowered)
     if found is None:

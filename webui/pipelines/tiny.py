@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import pathlib
 import string
+import threading
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -98,11 +99,21 @@ _CLIP_MAX_LENGTH = 77
 # --------------------------------------------------------------------------------------------
 
 
+# Serialises tiny builds: they temporarily re-seed the process-wide CPU generator.
+_BUILD_LOCK = threading.RLock()
+
+
 def _seeded(key: str, factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """Build a module with a seed derived from ``key``, leaving the caller's RNG untouched."""
+    """Build a module (on the CPU, float32) with a seed derived from ``key``.
+
+    The library's own weight initialisation runs on the global CPU generator, re-seeded inside
+    ``fork_rng`` so the caller's state is restored afterwards.  Only the CPU generator is
+    seeded (``torch.manual_seed`` would also reset the CUDA generators, which ``fork_rng``
+    with ``devices=[]`` does not restore).
+    """
     seed = zlib.crc32(key.encode("utf-8"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
         module = factory()
     return module.eval()
 
@@ -367,8 +378,11 @@ def build_tiny_pipeline(name: str, torch_dtype: torch.dtype = torch.float32) -> 
 
     The weights are random but identical on every call: each component is created in float32
     under its own fixed seed inside ``torch.random.fork_rng``, so the caller's global RNG state
-    is neither used nor changed.  The pipeline is then cast to ``torch_dtype`` and returned on
-    the CPU, in eval mode.  Nothing is downloaded.
+    is neither used nor changed (builds are serialised by a lock; another thread drawing from
+    the global CPU generator *during* a build would still interfere).  Components shared by a
+    family use the same seed, e.g. tiny-sdxl-refiner has exactly the VAE and OpenCLIP text
+    encoder of tiny-sdxl.  The pipeline is then cast to ``torch_dtype`` and returned on the
+    CPU, in eval mode.  Nothing is downloaded.
 
     Raises:
         KeyError: ``name`` is not a tiny model.
