@@ -186,7 +186,8 @@ def test_saved_png_carries_a1111_infotext(context):
         (dict(model="no-such-model"), "Unknown model"),
         (dict(model="../../etc/passwd"), "Unknown model"),
         (dict(sampler="Warp Drive"), "Sampler 'Warp Drive'"),
-        (dict(schedule_type="Sideways"), "Unknown schedule type"),
+        (dict(schedule_type="Sideways"), "Schedule type 'Sideways' does not work"),
+        (dict(sampler="Euler a", schedule_type="Karras"), "choose one of: Automatic"),
         (dict(batch_size=0), "batch size"),
     ],
 )

@@ -218,8 +218,11 @@ def test_round_trip_fuzz():
         assert parse_infotext(text) == (prompt, negative, params), repr(text)
 
 
-def test_round_trip_hypothesis():
+def test_round_trip_hypothesis(tmp_path):
     hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import configuration
+
+    configuration.set_hypothesis_home_dir(str(tmp_path / ".hypothesis"))  # keep the repository clean
     st = hypothesis.strategies
 
     keys = st.from_regex(r"\A\w[\w \-/]{0,15}\Z", fullmatch=True).map(str.rstrip).filter(bool)

@@ -248,9 +248,9 @@ def test_ddim_with_clip_sample_would_fail_the_oracle():
     """The oracle test really detects the clip_sample trap."""
     from diffusers import DDIMScheduler
 
-    scheduler = DDIMScheduler.from_config(SD15_CONFIG)
-    assert scheduler.config.clip_sample is True or SD15_CONFIG["clip_sample"] is False
-    scheduler = DDIMScheduler.from_config({**SD15_CONFIG, "clip_sample": True})
+    no_clip_key = {k: v for k, v in SDXL_CONFIG.items() if k != "clip_sample"}
+    scheduler = DDIMScheduler.from_config(no_clip_key)
+    assert scheduler.config.clip_sample is True  # the trap: diffusers' default
     scheduler.set_timesteps(12)
     out = _denoise(scheduler, _vp_oracle(scheduler, "epsilon"), _initial(scheduler))
     assert (out - X0).abs().max().item() > 0.5
@@ -376,8 +376,8 @@ def test_flow_euler_sigma_schedules(schedule, flag):
     assert scheduler.config.shift == 3.0
 
 
-@pytest.mark.parametrize("sampler,schedule", [("Euler a", "Karras"), ("DDIM", "Karras"), ("PNDM", "Beta"), ("DDIM", "Uniform"),
-                                              ("Flow Heun", "Karras"), ("Flow DPM++ 2M", "Karras"),
+@pytest.mark.parametrize("sampler,schedule", [("Euler a", "Karras"), ("DDIM", "Karras"), ("PNDM", "Beta"),
+                                              ("DDIM", "Uniform"), ("Flow Heun", "Karras"), ("Flow DPM++ 2M", "Karras"),
                                               ("Euler", "Polyexponential"), ("Euler", "nonsense")])
 def test_unsupported_schedule_types(sampler, schedule):
     family = "sd3" if sampler.startswith("Flow") else "sd1"
@@ -424,6 +424,11 @@ def test_legacy_names_and_aliases():
     assert resolve_sampler("Euler", "sgm_uniform") == ("Euler", "SGM Uniform")
     assert resolve_sampler("Euler", family="sd3") == ("Flow Euler", "Automatic")
     assert resolve_sampler("DPM++ 2M", family="sd3") == ("Flow DPM++ 2M", "Automatic")
+    assert resolve_sampler("k_dpmpp_2m_sde_ka") == ("DPM++ 2M SDE", "Karras")
+    assert resolve_sampler("DPM++ 2M SDE Exponential") == ("DPM++ 2M SDE", "Exponential")
+    assert resolve_sampler("k_euler", family="sd3") == ("Flow Euler", "Automatic")
+    for alias in sch_mod._ALIASES:
+        assert resolve_sampler(alias)[0] in SAMPLERS
     assert make_scheduler(SD15_CONFIG, "LMS Karras").config.use_karras_sigmas is True
     with pytest.raises(UnsupportedScheduleTypeError, match="implies"):
         make_scheduler(SD15_CONFIG, "DPM++ 2M Karras", "Exponential")
@@ -510,13 +515,10 @@ def test_dpmpp_sde_is_seeded():
         scheduler.set_timesteps(4)
         return _denoise(scheduler, lambda x, t: 0.1 * x, _initial(scheduler))
 
-    assert scheduler_config_seed(make_scheduler(SD15_CONFIG, "DPM++ SDE", seed=7)) == 7
+    assert make_scheduler(SD15_CONFIG, "DPM++ SDE", seed=7).config.noise_sampler_seed == 7
+    assert make_scheduler(SD15_CONFIG, "DPM++ SDE").config.noise_sampler_seed == 0
     assert torch.equal(run(3), run(3))
     assert not torch.equal(run(3), run(4))
-
-
-def scheduler_config_seed(scheduler):
-    return scheduler.config.noise_sampler_seed
 
 
 def test_returned_scheduler_is_independent():

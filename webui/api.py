@@ -43,7 +43,7 @@ from webui.jobs import (
 from webui.outputs import read_infotext, save_image
 from webui.pipelines.families import FAMILIES, FAMILY_LABELS
 from webui.pipelines.manager import LoadedModel
-from webui.pipelines.schedulers import SAMPLERS, SCHEDULE_TYPES, samplers_for
+from webui.pipelines.schedulers import SAMPLERS, SCHEDULE_TYPES, samplers_for, schedule_types_for
 from webui.pipelines.sources import ModelSource
 from webui.plugins import API_VERSION
 
@@ -106,5 +106,6 @@ __all__ = [
     "read_infotext",
     "resolve_seed",
     "samplers_for",
+    "schedule_types_for",
     "save_image",
 ]

@@ -38,6 +38,18 @@ class EaselContext:
         """Every model a user can pick: built-ins, local files and folders, hub presets."""
         return self.pipelines.list_models()
 
+    def family_of(self, name: str) -> str | None:
+        """The family of a listed model (``sd1``, ``sdxl``, ...) or None when it cannot be told yet."""
+        from webui.pipelines.loaders import detect_family
+
+        try:
+            source = self.pipelines.catalog.resolve(name)
+            if source.kind == "hub" and not source.family:
+                return None  # would need the network; known after the first load
+            return detect_family(source)
+        except Exception:  # noqa: BLE001 - unknown or unreadable: the generation reports it properly
+            return None
+
     def extensions(self) -> list["ExtensionInfo"]:
         """What is loaded, disabled or failed, for the Extensions page."""
         return list(self.plugins.extensions.values())

@@ -23,7 +23,7 @@ from webui.errors import EaselError, GenerationError
 from webui.infotext import build_infotext
 from webui.jobs import GenerationRequest, GenerationResult, ImageRecord, Job, RequestError, resolve_seed
 from webui.outputs import save_image
-from webui.pipelines.schedulers import SCHEDULE_TYPES, make_scheduler, samplers_for
+from webui.pipelines.schedulers import make_scheduler, resolve_sampler, samplers_for, schedule_types_for
 from webui.previews import latents_to_preview
 from webui.prompts import encode_prompts, needs_embeddings
 
@@ -44,12 +44,27 @@ def prompt_arguments(pipe: Any, family: str, prompt: str, negative_prompt: str) 
     return {"prompt": prompt, "negative_prompt": negative_prompt or None}
 
 
+INFOTEXT_KEY_FORBIDDEN = (":", ",", "\n", "\r", '"')
+
+
+def clean_extension_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Drop extension infotext keys A1111 could not parse back (they would corrupt the line)."""
+    cleaned = {}
+    for key, value in fields.items():
+        if isinstance(key, str) and key.strip() and not any(mark in key for mark in INFOTEXT_KEY_FORBIDDEN):
+            cleaned[key.strip()] = value
+        else:
+            log.warning("Ignoring infotext field %r from an extension: keys may not contain : , or quotes", key)
+    return cleaned
+
+
 def build_image_infotext(request: GenerationRequest, model: "LoadedModel", seed: int, extra: dict[str, Any]) -> str:
-    """A1111-format infotext for one image."""
+    """A1111-format infotext for one image (sampler and schedule type as A1111 1.9+ writes them)."""
+    sampler, schedule_type = resolve_sampler(request.sampler, request.schedule_type, model.family)
     params: dict[str, Any] = {
         "Steps": request.steps,
-        "Sampler": request.sampler,
-        "Schedule type": request.schedule_type,
+        "Sampler": sampler,
+        "Schedule type": schedule_type,
         "CFG scale": request.cfg_scale,
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
@@ -106,9 +121,10 @@ def run_generation(context: "EaselContext", request: GenerationRequest, job: Job
                 f"Sampler {request.sampler!r} does not work with {model.family} models; "
                 f"choose one of: {', '.join(samplers_for(model.family))}"
             )
-        if request.schedule_type not in SCHEDULE_TYPES:
-            raise RequestError(f"Unknown schedule type {request.schedule_type!r}; choose one of: "
-                               f"{', '.join(SCHEDULE_TYPES)}")
+        allowed_schedules = schedule_types_for(request.sampler, model.family)
+        if request.schedule_type not in allowed_schedules:
+            raise RequestError(f"Schedule type {request.schedule_type!r} does not work with {request.sampler}; "
+                               f"choose one of: {', '.join(allowed_schedules)}")
         if request.refiner is not None and model.family != "sdxl":
             raise RequestError("The SDXL refiner can only follow an SDXL base model")
         if model.family == "sdxl-refiner":
@@ -140,12 +156,11 @@ def run_generation(context: "EaselContext", request: GenerationRequest, job: Job
 def _run_batches(context: "EaselContext", request: GenerationRequest, model: "LoadedModel", job: Job,
                  result: GenerationResult) -> None:
     pipe = model.pipeline
-    pipe.scheduler = make_scheduler(model.base_scheduler_config, request.sampler, request.schedule_type, model.family)
     base_seed = resolve_seed(request.seed)
     prompt_kwargs = prompt_arguments(pipe, model.family, request.prompt, request.negative_prompt)
     extra_fields: dict[str, Any] = {}
     for fields in context.plugins.call("infotext_fields", request=request, model=model):
-        extra_fields.update(fields)
+        extra_fields.update(clean_extension_fields(fields))
     call_kwargs: dict[str, Any] = {}
     for kwargs in context.plugins.call("pipeline_call_kwargs", request=request, model=model):
         call_kwargs.update(kwargs)
@@ -156,6 +171,9 @@ def _run_batches(context: "EaselContext", request: GenerationRequest, model: "Lo
         first = batch_index * request.batch_size
         seeds = [base_seed + first + offset for offset in range(request.batch_size)]
         job.start_image(first, total, request.steps)
+        # A fresh scheduler per batch; samplers with their own noise (DPM++ SDE) take the batch's seed.
+        pipe.scheduler = make_scheduler(model.base_scheduler_config, request.sampler, request.schedule_type,
+                                        model.family, seed=seeds[0])
         images = _draw(context, request, model, job, seeds, prompt_kwargs, call_kwargs)
         for image, seed in zip(images, seeds):
             infotext = build_image_infotext(request, model, seed, extra_fields)
@@ -190,7 +208,7 @@ def _draw(context: "EaselContext", request: GenerationRequest, model: "LoadedMod
         if refiner.family != "sdxl-refiner" and refiner.family != "sdxl":
             raise RequestError(f"{request.refiner.model} is not an SDXL model and cannot refine")
         refiner.pipeline.scheduler = make_scheduler(refiner.base_scheduler_config, request.sampler,
-                                                    request.schedule_type, refiner.family)
+                                                    request.schedule_type, refiner.family, seed=seeds[0])
         refiner_prompt = prompt_arguments(refiner.pipeline, refiner.family, request.prompt, request.negative_prompt)
         base_steps = int(round(request.steps * switch_at))
         output = refiner.pipeline(

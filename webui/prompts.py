@@ -27,6 +27,7 @@ How a prompt becomes embeddings:
    weighted tokens change; a weight below 1 blends the whole prompt towards the same prompt
    with those tokens masked out (so the tokens *after* the down-weighted span change too).
    Weights of 0 or less all mean "as good as absent" (compel cannot invert a concept).
+   Each down-weighted span costs one more text-encoder pass.
 4. Prompts longer than the tokenizer's ``model_max_length`` (77) are cut into chunks of 75
    tokens plus BOS/EOS (at sentence/phrase/word boundaries where possible), each encoded on
    its own and concatenated: the embeddings are ``77 * n`` long.  ``BREAK`` starts a new
@@ -48,6 +49,9 @@ Per family (``encode_prompts``):
   T5 (CLIP sees the first 75 tokens, as in diffusers); ``BREAK`` is only a separator.
 * Pooled embeddings (SDXL, refiner, SD3) are taken from the prompt text with the syntax
   stripped, *without* weights (compel does not weight pooled outputs either).
+* Multi-vector textual-inversion tokens (``tok`` -> ``tok tok_1 ...``) are expanded per
+  tokenizer, as diffusers' ``maybe_convert_prompt`` does.  A LoRA ``scale`` for the text
+  encoders (``cross_attention_kwargs``) and ``clip_skip`` are not applied here.
 
 Where no syntax is used and the prompt fits in one chunk, the embeddings equal the pipeline's
 own ``encode_prompt`` output; the app still passes such prompts as plain strings
@@ -68,6 +72,7 @@ import torch
 
 __all__ = [
     "BREAK",
+    "BREAK_WEIGHT",
     "FAMILIES",
     "parse_emphasis",
     "strip_emphasis",
@@ -249,9 +254,8 @@ def _escape_for_compel(text: str, inside_group: bool) -> str:
             out.append("\\=")
         elif ch in "+-":
             ends_word = following == "" or following.isspace() or following in _COMPEL_SYNTAX_CHARS
-            previous = text[index - 1] if index > 0 else ""
-            standalone = previous == "" or previous.isspace() or previous in "+-"
-            if ends_word and not (standalone and not inside_group and _run_is_standalone(text, index)):
+            # outside groups compel takes a lone run ("a -- b") as a literal word
+            if ends_word and (inside_group or not _run_is_standalone(text, index)):
                 out.append("\\" + ch)
             else:
                 out.append(ch)
@@ -517,7 +521,7 @@ def _encode_sd3(pipe: Any, prompt: str, negative_prompt: str | None, max_sequenc
                                     device=clip_embeds.device, dtype=clip_embeds.dtype)
         t5_embeds = t5_embeds.to(clip_embeds.device)
         clip_embeds = torch.nn.functional.pad(clip_embeds, (0, t5_embeds.shape[-1] - clip_embeds.shape[-1]))
-        return torch.cat([clip_embeds, t5_embeds.to(clip_embeds.dtype)], dim=-2), pooled
+        return torch.cat([clip_embeds, t5_embeds], dim=-2), pooled
 
     embeds, pooled = encode(prompt)
     negative_embeds, negative_pooled = encode(negative_prompt)
@@ -553,5 +557,11 @@ def encode_prompts(pipe: Any, family: str, prompt: str, negative_prompt: str | N
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
     if family == "sd3":
-        return _encode_sd3(pipe, prompt, negative_prompt, max_sequence_length)
-    return _encode_clip_family(pipe, family, prompt, negative_prompt)
+        result = _encode_sd3(pipe, prompt, negative_prompt, max_sequence_length)
+    else:
+        result = _encode_clip_family(pipe, family, prompt, negative_prompt)
+    # With offloading the encoders may have left their outputs on different devices.
+    device = getattr(pipe, "_execution_device", None)
+    if device is not None:
+        result = {key: value.to(device) for key, value in result.items()}
+    return result

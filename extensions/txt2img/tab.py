@@ -15,6 +15,7 @@ from webui.api import (
     RefinerOptions,
     UIContext,
     samplers_for,
+    schedule_types_for,
 )
 
 SCOPE = "txt2img"
@@ -72,9 +73,20 @@ def render_txt2img_tab(ui: UIContext) -> None:
     with gr.Row():
         with gr.Column():
             with gr.Row():
-                sampler = gr.Dropdown(choices=_all_samplers(), value=last.get("sampler", "Euler a"), label="Sampler")
-                schedule = gr.Dropdown(choices=SCHEDULE_TYPES, value=last.get("schedule_type", "Automatic"),
-                                       label="Schedule type")
+                family = context.family_of(model_default)
+                sampler_choices = samplers_for(family) if family else _all_samplers()
+                sampler_value = last.get("sampler") if last.get("sampler") in sampler_choices else (
+                    "Euler a" if "Euler a" in sampler_choices else sampler_choices[0])
+                try:
+                    schedule_choices = schedule_types_for(sampler_value, family or "sd1")
+                except ValueError:
+                    schedule_choices = SCHEDULE_TYPES
+                schedule_value = last.get("schedule_type") if last.get("schedule_type") in schedule_choices \
+                    else "Automatic"
+                sampler = gr.Dropdown(choices=sampler_choices, value=sampler_value, label="Sampler",
+                                      elem_id="txt2img-sampler", allow_custom_value=True)
+                schedule = gr.Dropdown(choices=schedule_choices, value=schedule_value, label="Schedule type",
+                                       allow_custom_value=True)
             steps = gr.Slider(1, 150, value=last.get("steps", 20), step=1, label="Steps", elem_id="txt2img-steps")
             with gr.Row():
                 width = gr.Slider(64, context.max_side, value=last.get("width", 512), step=8, label="Width",
@@ -177,4 +189,20 @@ def render_txt2img_tab(ui: UIContext) -> None:
         return gr.update(choices=choices, value=current), gr.update(choices=choices)
 
     refresh.click(refresh_models, inputs=model, outputs=[model, refiner_model], api_name=False, queue=False)
-    model.change(lambda name: _model_note(ui, name), inputs=model, outputs=model_note, api_name=False, queue=False)
+    def follow_model(name: str, current_sampler: str):
+        family = context.family_of(name) if name else None
+        choices = samplers_for(family) if family else _all_samplers()
+        chosen = current_sampler if current_sampler in choices else (
+            "Euler a" if "Euler a" in choices else choices[0])
+        return _model_note(ui, name), gr.update(choices=choices, value=chosen)
+
+    def follow_sampler(name: str, sampler_name: str, current_schedule: str):
+        family = context.family_of(name) or "sd1"
+        try:
+            choices = schedule_types_for(sampler_name, family)
+        except ValueError:
+            choices = SCHEDULE_TYPES
+        return gr.update(choices=choices, value=current_schedule if current_schedule in choices else choices[0])
+
+    model.change(follow_model, inputs=[model, sampler], outputs=[model_note, sampler], api_name=False, queue=False)
+    sampler.change(follow_sampler, inputs=[model, sampler, schedule], outputs=schedule, api_name=False, queue=False)
