@@ -156,3 +156,36 @@ def test_invalid_setting_value_is_refused(context):
     with pytest.raises(ValueError, match="at most 4"):
         context.settings.set("t.n", 9)
     assert context.settings.get("t.n") == 1
+
+
+PACKAGED_EXTENSION = '''
+"""A packaged extension."""
+from webui.api import Tab, hookimpl
+
+
+@hookimpl
+def register_tabs(register):
+    def render(ui):
+        raise RuntimeError("tab exploded")
+    register(Tab(id="fake-tab", label="Fake", render=render))
+'''
+
+
+def test_installed_package_entry_point_is_discovered(make_context, tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    dist_info = site / "easel_fake_ext-1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: easel-fake-ext\nVersion: 1.0\n",
+                                        encoding="utf-8")
+    (dist_info / "entry_points.txt").write_text("[easel.extensions]\nfake = easel_fake_ext\n", encoding="utf-8")
+    (site / "easel_fake_ext.py").write_text(PACKAGED_EXTENSION, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(site))
+    context = make_context(entry_points=True)
+    infos = {info.name: info for info in context.extensions()}
+    assert infos["fake"].origin == "package" and infos["fake"].status == "loaded"
+    assert infos["fake"].description == "A packaged extension."
+
+    from webui.app import create_blocks
+
+    create_blocks(context)  # the exploding tab shows its error; the app is built
+    assert any(f.extension == "fake-tab" and f.stage == "render" for f in context.plugins.failures)

@@ -174,6 +174,10 @@ class PluginHost:
                 results.append(result)
         return results
 
+    def report_failure(self, name: str, stage: str, exc: BaseException) -> None:
+        """Record a failure that happened outside a hook call (e.g. while a tab rendered)."""
+        self._record(name, stage, exc, disable=False)
+
     def _record(self, name: str, stage: str, exc: BaseException, disable: bool = True) -> None:
         message = f"{type(exc).__name__}: {exc}"
         log.error("Extension %s failed in %s: %s", name, stage, message)

@@ -81,6 +81,7 @@ def build_blocks(context: EaselContext) -> gr.Blocks:
                         tab.render(ui)
                     except Exception as exc:  # noqa: BLE001 - one broken tab must not break the app
                         log.exception("Tab %s failed to render", tab.id)
+                        context.plugins.report_failure(tab.id, "render", exc)
                         gr.Markdown(f"**This tab failed to load:** `{type(exc).__name__}: {exc}`")
             with gr.Tab("Settings", id="settings"):
                 _render_settings(context)
