@@ -62,3 +62,40 @@ def test_extensions_endpoint_lists_builtins(client):
     table = client.predict(api_name="/extensions")
     names = [row[0] for row in table["data"]]
     assert "txt2img" in names and "extensions_page" in names
+
+
+def test_extension_controls_reach_the_request(tmp_path):
+    """A control registered by an extension shows in txt2img and its value lands in request.extras."""
+    import gradio as gr
+
+    from tests.conftest import free_port, make_options
+    from webui.api import Control, hookimpl
+    from webui.app import create_blocks, create_context
+    from webui.server import launch_blocks
+
+    seen = []
+
+    class Stamp:
+        """Adds a text control and records what arrives."""
+
+        @hookimpl
+        def register_generation_controls(self, register, tab_id):
+            if tab_id == "txt2img":
+                register(Control(key="stamp.text", render=lambda ui: gr.Textbox(label="Stamp")))
+
+        @hookimpl
+        def before_generation(self, request, model):
+            seen.append(request.extras.get("stamp.text"))
+
+    context = create_context(make_options(tmp_path, extra_plugins={"stamp": Stamp()}))
+    blocks = create_blocks(context)
+    port = free_port()
+    launch_blocks(blocks, context, port=port, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        positional = list(txt2img_args(batch_size=1).values()) + ["hello from the UI"]
+        gallery, *_ = client.predict(*positional, api_name="/txt2img")
+        assert len(gallery) == 1
+        assert seen == ["hello from the UI"]
+    finally:
+        blocks.close()

@@ -65,10 +65,45 @@ class Tab:
 
 
 @dataclass
+class Control:
+    """A control an extension adds to a generation tab (``register_generation_controls``).
+
+    ``key`` names the entry of ``request.extras`` that receives the component's value
+    (prefix it with your extension's name); ``render(ui)`` creates and returns one Gradio
+    component. Lower ``order`` comes first.
+    """
+
+    key: str
+    render: Callable[["UIContext"], Any]
+    order: int = 100
+
+
+@dataclass
 class UIContext:
     """What a tab's ``render`` gets: the app context plus UI helpers."""
 
     context: EaselContext
+
+    def render_generation_controls(self, tab_id: str) -> list[tuple[str, Any]]:
+        """Render the controls extensions registered for ``tab_id``; returns ``(key, component)`` pairs.
+
+        A control whose ``render`` raises is reported on the Extensions page and left out.
+        """
+        controls: list[Control] = []
+
+        def register(control: Control) -> None:
+            if not isinstance(control, Control):
+                raise TypeError(f"register_generation_controls expects webui.api.Control, got {type(control)}")
+            controls.append(control)
+
+        self.context.plugins.call("register_generation_controls", register=register, tab_id=tab_id)
+        rendered = []
+        for control in sorted(controls, key=lambda c: (c.order, c.key)):
+            try:
+                rendered.append((control.key, control.render(self)))
+            except Exception as exc:  # noqa: BLE001 - one broken control must not break the tab
+                self.context.plugins.report_failure(control.key, "render", exc)
+        return rendered
 
     def last_used(self, scope: str) -> dict[str, Any]:
         """The values this tab saved with :meth:`remember` (empty on first start)."""
@@ -81,6 +116,7 @@ class UIContext:
 
 __all__ = [
     "API_VERSION",
+    "Control",
     "EaselContext",
     "EaselError",
     "ExtensionError",

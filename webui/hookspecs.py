@@ -42,6 +42,18 @@ def register_tabs(register):
 
 
 @hookspec
+def register_generation_controls(register, tab_id):
+    """Add controls to a generation tab (txt2img, ...), like A1111's always-on scripts.
+
+    Called while the tab ``tab_id`` is built. ``register(control)`` takes a
+    :class:`webui.api.Control`; its ``render(ui)`` creates ONE Gradio component inside the
+    tab's "Extensions" area and returns it. Whatever value that component holds when the
+    user clicks Generate arrives in ``request.extras[control.key]`` (REST callers set the
+    same key directly). Return nothing; register nothing for tabs you do not serve.
+    """
+
+
+@hookspec
 def app_started(context):
     """Called once after all extensions are loaded and settings registered.
 

@@ -105,6 +105,8 @@ def render_txt2img_tab(ui: UIContext) -> None:
                 use_refiner = gr.Checkbox(value=False, label="Refine with a second SDXL model")
                 refiner_model = gr.Dropdown(choices=_model_choices(ui), value=None, label="Refiner model")
                 switch_at = gr.Slider(0.05, 0.95, value=0.8, step=0.05, label="Switch at (fraction of steps)")
+            with gr.Column(elem_id="txt2img-extension-controls"):
+                extension_controls = ui.render_generation_controls("txt2img")
         with gr.Column():
             progress = gr.Markdown("", elem_classes=["easel-progress"], elem_id="txt2img-progress")
             preview = gr.Image(label="Preview", visible=True, interactive=False, height=200, format="png")
@@ -115,7 +117,8 @@ def render_txt2img_tab(ui: UIContext) -> None:
 
     def run(holder: dict, model: str, prompt: str, negative_prompt: str, sampler: str, schedule_type: str,
             steps: float, width: float, height: float, cfg_scale: float, seed: float, batch_count: float,
-            batch_size: float, use_refiner: bool, refiner_model: str | None, refiner_switch_at: float):
+            batch_size: float, use_refiner: bool, refiner_model: str | None, refiner_switch_at: float,
+            *extension_values: Any):
         """Generate images; yields progress while the job runs, then the gallery."""
         request = GenerationRequest(
             prompt=prompt or "", negative_prompt=negative_prompt or "", model=model or "", sampler=sampler,
@@ -125,6 +128,7 @@ def render_txt2img_tab(ui: UIContext) -> None:
             refiner=RefinerOptions(model=refiner_model, switch_at=float(refiner_switch_at))
             if use_refiner and refiner_model else None,
             save=bool(context.settings.get("txt2img.save_images", True)),
+            extras={key: value for (key, _), value in zip(extension_controls, extension_values)},
         )
         ui.remember(SCOPE, {key: getattr(request, key) for key in REMEMBERED})
         job = Job()
@@ -171,7 +175,7 @@ def render_txt2img_tab(ui: UIContext) -> None:
         return "Interrupting…" if which == "interrupt" else "Skipping the current image…"
 
     inputs = [job_holder, model, prompt, negative, sampler, schedule, steps, width, height, cfg, seed, batch_count,
-              batch_size, use_refiner, refiner_model, switch_at]
+              batch_size, use_refiner, refiner_model, switch_at] + [component for _, component in extension_controls]
     generate.click(run, inputs=inputs, outputs=[gallery, preview, progress, info, used_seed], api_name="txt2img",
                    concurrency_id="generation", concurrency_limit=4)
     prompt.submit(run, inputs=inputs, outputs=[gallery, preview, progress, info, used_seed], api_name=False,
