@@ -69,7 +69,12 @@ def live_server(tmp_path_factory):
     port = free_port()
     launch_blocks(blocks, context, host="127.0.0.1", port=port, block=False)
     url = f"http://127.0.0.1:{port}/"
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as response:
+        first_status = response.status
     try:
-        yield {"url": url, "context": context, "blocks": blocks}
+        yield {"url": url, "context": context, "blocks": blocks, "first_status": first_status,
+               "loaded_at_start": context.pipelines.loaded_names()}
     finally:
         blocks.close()

@@ -232,3 +232,44 @@ def test_pickle_checkpoints_are_not_listed_without_opt_in(make_context, tmp_path
 def test_sampler_of_the_wrong_family_is_refused(context):
     with pytest.raises(RequestError, match="does not work with sd3"):
         context.generate(GenerationRequest(prompt="x", model="tiny-sd3", sampler="Euler a", **SMALL))
+
+
+def test_one_job_at_a_time_per_device(make_context):
+    """Two jobs started together never run on the device at the same time; both finish."""
+    import threading
+
+    from webui.api import hookimpl
+
+    state = {"running": 0, "overlaps": 0}
+    guard = threading.Lock()
+
+    class Watch:
+        """Counts jobs inside the device lock."""
+
+        @hookimpl
+        def before_generation(self, request, model):
+            with guard:
+                state["running"] += 1
+                state["overlaps"] += state["running"] > 1
+
+        @hookimpl
+        def after_generation(self, request, model, result):
+            with guard:
+                state["running"] -= 1
+
+    context = make_context(extra_plugins={"watch": Watch()})
+    results = []
+    threads = [threading.Thread(target=lambda s=seed: results.append(
+        context.generate(GenerationRequest(prompt="x", model="tiny", seed=s, **SMALL)))) for seed in (1, 2, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(results) == 3 and state["overlaps"] == 0
+
+
+def test_switching_models_evicts_the_least_recently_used(make_context):
+    context = make_context(max_loaded=1)
+    context.generate(GenerationRequest(prompt="x", model="tiny", seed=1, **SMALL))
+    context.generate(GenerationRequest(prompt="x", model="tiny-sdxl", sampler="Euler", seed=1, **SMALL))
+    assert context.pipelines.loaded_names() == ["tiny-sdxl"]

@@ -20,6 +20,8 @@ def txt2img_args(**overrides):
 
 @pytest.fixture(scope="module")
 def client(live_server):
+    # The UI is up before any model is loaded: models load on first use.
+    assert live_server["first_status"] == 200 and live_server["loaded_at_start"] == []
     return Client(live_server["url"], verbose=False)
 
 
