@@ -43,7 +43,7 @@ from webui.jobs import (
 from webui.outputs import read_infotext, save_image
 from webui.pipelines.families import FAMILIES, FAMILY_LABELS
 from webui.pipelines.manager import LoadedModel
-from webui.pipelines.schedulers import SAMPLERS, SCHEDULE_TYPES, samplers_for, schedule_types_for
+from webui.pipelines.schedulers import SAMPLERS, SCHEDULE_TYPES, make_scheduler, samplers_for, schedule_types_for
 from webui.pipelines.sources import ModelSource
 from webui.plugins import API_VERSION
 
@@ -138,6 +138,7 @@ __all__ = [
     "UIContext",
     "build_infotext",
     "hookimpl",
+    "make_scheduler",
     "parse_infotext",
     "read_infotext",
     "resolve_seed",

@@ -23,7 +23,7 @@ from .masks import boxes_to_mask
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SamSegmenter", "GrabCutSegmenter", "build_tiny_sam"]
+__all__ = ["SamSegmenter", "GrabCutSegmenter", "BoxSegmenter", "build_tiny_sam"]
 
 Box = tuple[float, float, float, float]
 
@@ -153,3 +153,16 @@ def build_tiny_sam(seed: int = 0) -> SamSegmenter:
     processor = SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": 128},
                                                                pad_size={"height": 128, "width": 128}))
     return SamSegmenter(model, processor, "sam", "tiny-sam")
+
+
+class BoxSegmenter:
+    """No segmentation: the boxes themselves are the mask (useful with manual correction)."""
+
+    name = "box"
+    kind = "box"
+
+    def to(self, device: Any) -> "BoxSegmenter":
+        return self
+
+    def segment(self, image: Image.Image, boxes: list[Box]) -> np.ndarray:
+        return boxes_to_mask(boxes, image.size)

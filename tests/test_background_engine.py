@@ -1,0 +1,107 @@
+"""End to end background replacement on tiny models: the subject stays pixel-identical, the rest changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from extensions.background import engine, masks, registry
+from webui.api import RequestError, read_infotext
+
+
+def scene(width=128, height=96, seed=0):
+    rng = np.random.default_rng(seed)
+    data = np.zeros((height, width, 3), np.uint8)
+    data[:] = (30, 60, 200)
+    data[24:72, 40:96] = rng.integers(100, 256, (48, 56, 3), dtype=np.uint8)  # textured subject
+    truth = np.zeros((height, width), bool)
+    truth[24:72, 40:96] = True
+    return Image.fromarray(data), truth
+
+
+def options(**overrides):
+    values = dict(background_prompt="a sunny beach", negative_prompt="blurry", model="tiny", steps=3, cfg_scale=5.0,
+                  seed=123, erode=3, feather=4, decontaminate=0.5, work_side=128)
+    values.update(overrides)
+    return engine.ReplaceOptions(**values)
+
+
+@pytest.mark.parametrize("model", ["tiny", pytest.param("tiny-sdxl", marks=pytest.mark.slow),
+                                   pytest.param("tiny-sd3", marks=pytest.mark.slow)])
+def test_replace_keeps_the_eroded_subject_identical_and_changes_the_background(context, model):
+    image, truth = scene()
+    sampler = "Flow Euler" if model == "tiny-sd3" else "Euler a"
+    result = engine.replace_background(context, image, truth, options(model=model, sampler=sampler))
+    src, out = np.asarray(image), np.asarray(result.image)
+    core = masks.grow(truth, -3)
+    assert result.image.size == image.size
+    assert np.array_equal(out[core], src[core])
+    background = ~masks.grow(truth, 2)
+    changed = np.abs(out[background].astype(int) - src[background].astype(int)).sum(axis=1) > 10
+    assert changed.mean() > 0.9
+    assert result.path and result.mask_path
+    saved = Image.open(result.path)
+    info = read_infotext(saved)
+    assert "a sunny beach" in info and "Steps: 3" in info and "Seed: 123" in info and "Denoising strength: 1.0" in info
+    assert f"Model: {model}" in info
+    assert np.array_equal(masks.image_to_mask(Image.open(result.mask_path)), truth)
+    assert "/img2img-bg/" in result.path.replace("\\", "/")
+
+
+def test_large_input_is_inpainted_small_and_returned_at_input_size(context):
+    image, truth = scene(512, 384)
+    truth = np.zeros((384, 512), bool)
+    truth[96:288, 160:384] = True
+    result = engine.replace_background(context, image, truth, options(work_side=128, save=False))
+    assert result.image.size == (512, 384) and result.generated.size == (128, 96)
+    core = masks.grow(truth, -3)
+    assert np.array_equal(np.asarray(result.image)[core], np.asarray(image)[core])
+    assert "Inpaint size: 128x96" in result.infotext
+
+
+def test_same_seed_same_image_and_bad_requests_are_clear(context):
+    image, truth = scene()
+    first = engine.replace_background(context, image, truth, options(save=False))
+    second = engine.replace_background(context, image, truth, options(save=False))
+    assert np.array_equal(np.asarray(first.image), np.asarray(second.image))
+    with pytest.raises(RequestError, match="empty"):
+        engine.replace_background(context, image, np.zeros_like(truth), options())
+    with pytest.raises(RequestError, match="whole image"):
+        engine.replace_background(context, image, np.ones_like(truth), options())
+    with pytest.raises(RequestError, match="Sampler"):
+        engine.replace_background(context, image, truth, options(sampler="No such sampler"))
+
+
+def test_full_job_with_tiny_detector_and_grabcut(context):
+    image, truth = scene()
+    request = engine.BackgroundJob(image=image, subject_prompt="the square", detector=registry.TINY_DETECTOR,
+                                   segmenter=registry.BOX, box_threshold=0.0, text_threshold=0.0, keep=[0],
+                                   keep_largest=True, options=options(save=False))
+    outcome = engine.run_background_job(context, request)
+    assert len(outcome.detections) == 10 and outcome.result is not None
+    box_mask = masks.apply_mask_tools(masks.boxes_to_mask([outcome.detections[0].box], image.size), largest=True)
+    assert np.array_equal(outcome.result.mask, box_mask)
+    assert "Subject prompt: the square" in outcome.result.infotext and "Detector: tiny-grounding-dino" in \
+        outcome.result.infotext
+
+
+def test_no_detection_gives_a_message_with_thresholds_to_try(context):
+    image, _ = scene()
+    request = engine.BackgroundJob(image=image, subject_prompt="a dog", box_threshold=1.01, text_threshold=0.25,
+                                   options=options(save=False))
+    outcome = engine.run_background_job(context, request)
+    assert outcome.result is None and outcome.detections == []
+    assert "Nothing matching 'a dog'" in outcome.message and "lower thresholds" in outcome.message
+
+
+def test_rgba_alpha_serves_as_the_mask_when_nothing_is_detected(context):
+    image, truth = scene()
+    rgba = image.convert("RGBA")
+    alpha = Image.fromarray(truth.astype(np.uint8) * 255)
+    rgba.putalpha(alpha)
+    request = engine.BackgroundJob(image=rgba, subject_prompt="", options=options(save=False))
+    outcome = engine.run_background_job(context, request)
+    assert outcome.result is not None and np.array_equal(outcome.result.mask, truth)
+    core = masks.grow(truth, -3)
+    assert np.array_equal(np.asarray(outcome.result.image)[core], np.asarray(image)[core])
