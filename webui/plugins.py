@@ -109,6 +109,12 @@ class PluginHost:
 
         def do_import() -> ModuleType:
             module_name = f"easel_extensions.{name}"
+            # The parent package must exist for imports inside the extension that go through
+            # it (``from . import sibling`` after torch/transformers looked the module up).
+            if "easel_extensions" not in sys.modules:
+                parent = ModuleType("easel_extensions")
+                parent.__path__ = []
+                sys.modules["easel_extensions"] = parent
             spec = importlib.util.spec_from_file_location(
                 module_name, folder / "__init__.py", submodule_search_locations=[str(folder)]
             )
