@@ -163,7 +163,7 @@ def render_background_tab(ui: UIContext) -> None:
             sampler_choices = samplers_for(family)
             sampler = gr.Dropdown(choices=sampler_choices, label="Sampler", elem_id="background-sampler",
                                   value=last.get("sampler") if last.get("sampler") in sampler_choices
-                                  else sampler_choices[0])
+                                  else ("Euler a" if "Euler a" in sampler_choices else sampler_choices[0]))
             schedule = gr.Dropdown(choices=schedule_types_for(sampler.value, family), value="Automatic",
                                    label="Schedule type", allow_custom_value=True)
         with gr.Row():
