@@ -105,3 +105,37 @@ def test_rgba_alpha_serves_as_the_mask_when_nothing_is_detected(context):
     assert outcome.result is not None and np.array_equal(outcome.result.mask, truth)
     core = masks.grow(truth, -3)
     assert np.array_equal(np.asarray(outcome.result.image)[core], np.asarray(image)[core])
+
+
+def test_dedicated_inpainting_model_folder_is_used_as_is(make_context, tmp_path):
+    """A 9-channel inpainting UNet (SD1 inpainting layout) in models/Stable-diffusion works through the same path."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    from webui.pipelines.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("tiny")
+    config = dict(pipe.unet.config)
+    config["in_channels"] = 9
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel.from_config(config)
+    inpaint = StableDiffusionInpaintPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                             unet=unet, scheduler=pipe.scheduler, safety_checker=None,
+                                             feature_extractor=None, requires_safety_checker=False)
+    models_dir = tmp_path / "models"
+    inpaint.save_pretrained(models_dir / "Stable-diffusion" / "tiny-inpainting")
+    context = make_context(models_dir=models_dir)
+    image, truth = scene()
+    result = engine.replace_background(context, image, truth, options(model="tiny-inpainting", save=False))
+    core = masks.grow(truth, -3)
+    assert np.array_equal(np.asarray(result.image)[core], np.asarray(image)[core])
+    with context.pipelines.use("tiny-inpainting") as model:
+        used = engine.inpaint_pipeline(model)
+        assert isinstance(used, StableDiffusionInpaintPipeline) and used.unet.config.in_channels == 9
+        assert used.unet is model.pipeline.unet   # the loaded components, not a copy
+    from webui.api import GenerationRequest
+
+    with pytest.raises(RequestError, match="inpainting model"):
+        context.generate(GenerationRequest(prompt="x", model="tiny-inpainting", steps=1, width=64, height=64,
+                                           save=False))
