@@ -139,3 +139,56 @@ def test_dedicated_inpainting_model_folder_is_used_as_is(make_context, tmp_path)
     with pytest.raises(RequestError, match="inpainting model"):
         context.generate(GenerationRequest(prompt="x", model="tiny-inpainting", steps=1, width=64, height=64,
                                            save=False))
+
+
+@pytest.mark.slow
+def test_every_builtin_detector_and_segmenter_runs_through_the_registry(context):
+    image, truth = scene()
+    choices = {c.name: c for c in registry.detector_choices(context.models_dir)}
+    assert "IDEA-Research/grounding-dino-tiny" in choices and choices[registry.TINY_DETECTOR].builtin
+    assert "random weights" in choices[registry.TINY_DETECTOR].label
+    detectors = [registry.TINY_DETECTOR]
+    from extensions.background.detect import groundingdino_py_available
+
+    if groundingdino_py_available() is None:
+        detectors.append(registry.TINY_DETECTOR_PY)
+    for name in detectors:
+        found = engine.detect_subject(context, image, "the square", name, 0.0, 0.0, work_side=64)
+        assert found and all(0 <= d.box[0] <= d.box[2] <= 128 and 0 <= d.box[1] <= d.box[3] <= 96 for d in found)
+        model = engine.MODELS.detector(context.models_dir, name)
+        assert model.device.type == "cpu"   # back off the device after its step
+    segmenters = [c.name for c in registry.segmenter_choices(context.models_dir) if c.builtin]
+    assert set(segmenters) == {registry.GRABCUT, registry.BOX, registry.TINY_SAM, registry.TINY_SAM2}
+    for name in segmenters:
+        mask = engine.segment_subject(context, image, [(34, 18, 102, 78)], name, work_side=96)
+        assert mask.shape == truth.shape
+        if name == registry.GRABCUT:
+            assert (mask & truth).sum() / (mask | truth).sum() > 0.8
+    with pytest.raises(RequestError):
+        engine.segment_subject(context, image, [], registry.GRABCUT)
+    with pytest.raises(ValueError, match="Unknown detector"):
+        engine.detect_subject(context, image, "x", "no/such-detector")
+
+
+def test_local_model_folders_are_listed(tmp_path):
+    from extensions.background import detect, segment
+
+    models_dir = tmp_path / "models"
+    tiny = detect.build_tiny_grounding_dino()
+    tiny.model.save_pretrained(models_dir / "GroundingDino" / "my-gd")
+    tiny.processor.save_pretrained(models_dir / "GroundingDino" / "my-gd")
+    (models_dir / "GroundingDino" / "groundingdino_swint_ogc.pth").write_bytes(b"")
+    (models_dir / "GroundingDino" / "GroundingDINO_SwinT_OGC.py").write_text("backbone = 'swin_T_224_1k'\n")
+    sam = segment.build_tiny_sam()
+    sam.model.save_pretrained(models_dir / "SAM" / "my-sam")
+    sam.processor.save_pretrained(models_dir / "SAM" / "my-sam")
+    detectors = {c.name: c for c in registry.detector_choices(models_dir)}
+    assert detectors["GroundingDino/my-gd"].backend == "transformers"
+    assert detectors["GroundingDino/groundingdino_swint_ogc.pth"].backend == "groundingdino-py"
+    assert detectors["GroundingDino/groundingdino_swint_ogc.pth"].config.endswith("GroundingDINO_SwinT_OGC.py")
+    segmenters = {c.name: c for c in registry.segmenter_choices(models_dir)}
+    assert segmenters["SAM/my-sam"].location.endswith("my-sam")
+    cache = registry.ModelCache()
+    loaded = cache.segmenter(models_dir, "SAM/my-sam")
+    assert loaded.kind == "sam" and cache.segmenter(models_dir, "SAM/my-sam") is loaded
+    assert cache.detector(models_dir, "GroundingDino/my-gd").kind == "transformers"

@@ -44,6 +44,19 @@ def test_tiny_sam_round_trips_through_a_local_folder(tmp_path):
         segment.SamSegmenter.load(str(tmp_path / "gd"), local_only=True)
 
 
+def test_tiny_sam2_round_trips_through_a_local_folder(tmp_path):
+    image, _ = scene()
+    tiny = segment.build_tiny_sam2()
+    tiny.model.save_pretrained(tmp_path)
+    tiny.processor.save_pretrained(tmp_path)
+    loaded = segment.SamSegmenter.load(str(tmp_path), local_only=True)
+    assert loaded.kind == "sam2"
+    boxes = [(24, 10, 76, 54), (0, 0, 20, 20)]
+    mask = loaded.segment(image, boxes)
+    assert mask.shape == (64, 96) and mask.dtype == bool
+    assert np.array_equal(mask, tiny.segment(image, boxes))
+
+
 def test_tiny_transformers_grounding_dino_detects_with_labels_and_scores(tmp_path):
     image, _ = scene()
     tiny = detect.build_tiny_grounding_dino()

@@ -31,6 +31,7 @@ SEGMENTER_DIR = "SAM"
 TINY_DETECTOR = "tiny-grounding-dino"
 TINY_DETECTOR_PY = "tiny-groundingdino-py"
 TINY_SAM = "tiny-sam"
+TINY_SAM2 = "tiny-sam2"
 GRABCUT = "grabcut"
 BOX = "box"
 
@@ -90,6 +91,7 @@ def segmenter_choices(models_dir: Path) -> list[Choice]:
         Choice(GRABCUT, "GrabCut (no weights, offline)", "grabcut", builtin=True),
         Choice(BOX, "Boxes only (no segmentation)", "box", builtin=True),
         Choice(TINY_SAM, "tiny SAM (random weights, offline test - masks are meaningless)", "sam", builtin=True),
+        Choice(TINY_SAM2, "tiny SAM 2 (random weights, offline test - masks are meaningless)", "sam", builtin=True),
     ]
     folder = Path(models_dir) / SEGMENTER_DIR
     if folder.is_dir():
@@ -158,4 +160,6 @@ def _load_segmenter(choice: Choice) -> Any:
         return segment.BoxSegmenter()
     if choice.name == TINY_SAM:
         return segment.build_tiny_sam()
+    if choice.name == TINY_SAM2:
+        return segment.build_tiny_sam2()
     return segment.SamSegmenter.load(choice.location)

@@ -23,7 +23,7 @@ from .masks import boxes_to_mask
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SamSegmenter", "GrabCutSegmenter", "BoxSegmenter", "build_tiny_sam"]
+__all__ = ["SamSegmenter", "GrabCutSegmenter", "BoxSegmenter", "build_tiny_sam", "build_tiny_sam2"]
 
 Box = tuple[float, float, float, float]
 
@@ -166,3 +166,26 @@ class BoxSegmenter:
 
     def segment(self, image: Image.Image, boxes: list[Box]) -> np.ndarray:
         return boxes_to_mask(boxes, image.size)
+
+
+def build_tiny_sam2(seed: int = 0) -> SamSegmenter:
+    """A tiny SAM 2 (Hiera) with random weights (128 px input), for offline tests."""
+    from transformers import (Sam2Config, Sam2HieraDetConfig, Sam2ImageProcessor, Sam2MaskDecoderConfig, Sam2Model,
+                              Sam2Processor, Sam2PromptEncoderConfig, Sam2VisionConfig)
+
+    hiera = Sam2HieraDetConfig(hidden_size=12, embed_dim_per_stage=[12, 24, 48, 96],
+                               num_attention_heads_per_stage=[1, 2, 4, 8], image_size=[128, 128],
+                               patch_kernel_size=[7, 7], patch_stride=[4, 4], patch_padding=[3, 3],
+                               blocks_per_stage=[1, 2, 7, 2], window_size_per_stage=[8, 4, 14, 7],
+                               global_attention_blocks=[5, 7, 9], window_positional_embedding_background_size=[7, 7])
+    vision = Sam2VisionConfig(backbone_config=hiera.to_dict(), backbone_channel_list=[96, 48, 24, 12],
+                              backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]], fpn_hidden_size=32)
+    prompt = Sam2PromptEncoderConfig(hidden_size=32, image_size=128, patch_size=16, mask_input_channels=8)
+    decoder = Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=4, iou_head_hidden_dim=32)
+    config = Sam2Config(vision_config=vision.to_dict() | {"model_type": "sam2_vision_model"},
+                        prompt_encoder_config=prompt.to_dict(), mask_decoder_config=decoder.to_dict())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Sam2Model(config)
+    processor = Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": 128, "width": 128}))
+    return SamSegmenter(model, processor, "sam2", "tiny-sam2")
