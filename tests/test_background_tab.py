@@ -87,3 +87,43 @@ def test_odd_uploads_give_a_result_or_a_message(client, tmp_path):
     Image.open(palette).convert("P", palette=Image.Palette.ADAPTIVE).save(palette)
     outputs = client.predict(*replace_args(palette), api_name="/background_replace")
     assert "Done" in outputs[3] or "Nothing" in outputs[3]
+
+
+def test_a_hand_painted_mask_from_the_editor_is_used(client, tmp_path):
+    from gradio_client import handle_file
+
+    path = tmp_path / "scene.png"
+    subject_png(path)
+    painted = np.zeros((96, 128), bool)
+    painted[10:50, 10:60] = True          # the user painted another region than any detection
+    mask_path = tmp_path / "painted.png"
+    masks.mask_to_image(painted).convert("RGB").save(mask_path)
+    editor = {"background": handle_file(str(mask_path)), "layers": [], "composite": handle_file(str(mask_path))}
+    gallery, info, mask_file, status = client.predict(*replace_args(path, subject="the square", editor=editor),
+                                                      api_name="/background_replace")[:4]
+    assert "Done" in status, status
+    assert np.array_equal(masks.image_to_mask(Image.open(mask_file)), painted)
+    assert "Mask: edited" in info
+    core = masks.grow(painted, -3)
+    original = np.asarray(Image.open(path).convert("RGB"))
+    assert np.array_equal(np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))[core], original[core])
+
+
+def test_large_and_exif_rotated_uploads_come_back_at_their_own_size(client, tmp_path):
+    big = tmp_path / "big.png"
+    data = np.zeros((1500, 2400, 4), np.uint8)
+    data[..., :3] = (30, 60, 200)
+    data[400:1100, 800:1600] = (220, 40, 40, 255)
+    Image.fromarray(data, "RGBA").save(big)
+    gallery, _, _, status = client.predict(*replace_args(big, side=256), api_name="/background_replace")[:4]
+    assert "Done" in status, status
+    result = Image.open(gallery[0]["image"])
+    assert result.size == (2400, 1500)
+    assert result.convert("RGB").getpixel((1200, 750)) == (220, 40, 40)
+
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (120, 80), (200, 10, 10)).save(rotated, exif=exif)
+    outputs = client.predict(*replace_args(rotated, subject="a dog", box=1.0), api_name="/background_replace")
+    assert "Nothing matching" in outputs[3]
