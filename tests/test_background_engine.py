@@ -192,3 +192,17 @@ def test_local_model_folders_are_listed(tmp_path):
     loaded = cache.segmenter(models_dir, "SAM/my-sam")
     assert loaded.kind == "sam" and cache.segmenter(models_dir, "SAM/my-sam") is loaded
     assert cache.detector(models_dir, "GroundingDino/my-gd").kind == "transformers"
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_the_gpu_detector_and_segmenter_go_back_to_the_cpu(make_context):
+    context = make_context(device="cuda")
+    image, truth = scene()
+    found = engine.detect_subject(context, image, "the square", registry.TINY_DETECTOR, 0.0, 0.0)
+    assert found and engine.MODELS.detector(context.models_dir, registry.TINY_DETECTOR).device.type == "cpu"
+    mask = engine.segment_subject(context, image, [found[0].box], registry.TINY_SAM)
+    assert mask.shape == truth.shape
+    assert engine.MODELS.segmenter(context.models_dir, registry.TINY_SAM).device.type == "cpu"
+    result = engine.replace_background(context, image, truth, options(save=False))
+    core = masks.grow(truth, -3)
+    assert np.array_equal(np.asarray(result.image)[core], np.asarray(image)[core])
