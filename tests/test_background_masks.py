@@ -171,3 +171,17 @@ def test_decontamination_removes_the_old_background_tint():
     assert clean[20, 9, 2] < plain[20, 9, 2]          # less blue at the edge
     with pytest.raises(ValueError):
         composite.composite_subject(Image.fromarray(original), generated, mask[:10])
+
+
+def test_composite_of_a_subject_touching_the_border_and_an_empty_mask():
+    rng = np.random.default_rng(5)
+    original = Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    generated = Image.new("RGB", (50, 40), (9, 9, 9))
+    mask = np.zeros((40, 50), bool)
+    mask[0:25, 30:50] = True                   # touches the top and right borders
+    out = np.asarray(composite.composite_subject(original, generated, mask, 2, 3, 1.0))
+    core = masks.grow(mask, -2)
+    assert np.array_equal(out[core], np.asarray(original)[core])
+    assert (out[30:, :20] == 9).all()
+    empty = composite.composite_subject(original, generated, np.zeros((40, 50), bool))
+    assert (np.asarray(empty) == 9).all()

@@ -36,7 +36,9 @@ def composite_subject(original: Image.Image, generated: Image.Image, mask: np.nd
     """The generated picture with the original subject pasted back (RGB, at the original's size).
 
     ``generated`` is resized to the original's size if needed. ``decontaminate`` (0..1) is how
-    strongly edge-ring colours are replaced by the nearest interior subject colour.
+    strongly edge-ring colours are replaced by the nearest interior subject colour. Only the
+    subject's bounding box (plus the blend width) is computed on, so very large images stay
+    cheap.
     """
     original = original.convert("RGB")
     if generated.size != original.size:
@@ -45,17 +47,31 @@ def composite_subject(original: Image.Image, generated: Image.Image, mask: np.nd
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != (original.height, original.width):
         raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {original.width}x{original.height}")
-    alpha, core = blend_alpha(mask, erode, feather)
-    source = np.asarray(original)
-    target = np.asarray(generated)
-    front = source.astype(np.float32)
+    out = np.array(generated, dtype=np.uint8)
+    if not mask.any():
+        return Image.fromarray(out, mode="RGB")
+    source_full = np.asarray(original)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    pad = max(0, int(feather)) + 2
+    top, bottom = max(0, rows[0] - pad), min(mask.shape[0], rows[-1] + pad + 1)
+    left, right = max(0, cols[0] - pad), min(mask.shape[1], cols[-1] + pad + 1)
+    window = (slice(top, bottom), slice(left, right))
+    # The crop leaves at least ``pad`` background pixels around the mask (or ends at the image
+    # border, which erosion treats as background anyway), so the result equals the full-size one.
+    alpha, core = blend_alpha(mask[window], erode, feather)
+    source = source_full[window]
+    target = out[window]
     ring = (alpha > 0) & ~core
-    if decontaminate > 0 and core.any() and ring.any():
-        _, (rows, cols) = ndimage.distance_transform_edt(~core, return_indices=True)
-        nearest = source[rows, cols].astype(np.float32)
-        pull = (float(np.clip(decontaminate, 0, 1)) * (1.0 - alpha))[..., None]
-        front = np.where(ring[..., None], front * (1 - pull) + nearest * pull, front)
-    blended = front * alpha[..., None] + target.astype(np.float32) * (1.0 - alpha[..., None])
-    out = np.clip(blended, 0, 255).round().astype(np.uint8)
-    out[core] = source[core]  # exact copy: the subject's interior never changes
+    if ring.any():
+        front = source[ring].astype(np.float32)
+        if decontaminate > 0 and core.any():
+            _, (near_rows, near_cols) = ndimage.distance_transform_edt(~core, return_indices=True)
+            nearest = source[near_rows[ring], near_cols[ring]].astype(np.float32)
+            pull = (float(np.clip(decontaminate, 0, 1)) * (1.0 - alpha[ring]))[:, None]
+            front = front * (1 - pull) + nearest * pull
+        weight = alpha[ring][:, None]
+        blended = front * weight + target[ring].astype(np.float32) * (1.0 - weight)
+        target[ring] = np.clip(blended, 0, 255).round().astype(np.uint8)
+    target[core] = source[core]  # exact copy: the subject's interior never changes
     return Image.fromarray(out, mode="RGB")
