@@ -206,3 +206,12 @@ def test_on_the_gpu_detector_and_segmenter_go_back_to_the_cpu(make_context):
     result = engine.replace_background(context, image, truth, options(save=False))
     core = masks.grow(truth, -3)
     assert np.array_equal(np.asarray(result.image)[core], np.asarray(image)[core])
+
+
+def test_weighted_and_long_background_prompts_work(context):
+    image, truth = scene()
+    long_prompt = "(a sunny beach:1.3), [clouds], " + ", ".join(["palm tree"] * 40)
+    result = engine.replace_background(context, image, truth, options(background_prompt=long_prompt, save=False))
+    plain = engine.replace_background(context, image, truth, options(background_prompt="a sunny beach", save=False))
+    assert not np.array_equal(np.asarray(result.image), np.asarray(plain.image))
+    assert result.infotext.startswith("(a sunny beach:1.3)")

@@ -29,6 +29,7 @@ import pluggy
 from webui.config import Setting
 from webui.context import EaselContext
 from webui.errors import EaselError, ExtensionError, GenerationError
+from webui.generation import prompt_arguments
 from webui.hookspecs import PROJECT_NAME
 from webui.infotext import build_infotext, parse_infotext
 from webui.jobs import (
@@ -140,6 +141,7 @@ __all__ = [
     "hookimpl",
     "make_scheduler",
     "parse_infotext",
+    "prompt_arguments",
     "read_infotext",
     "resolve_seed",
     "samplers_for",

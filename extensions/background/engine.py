@@ -24,6 +24,7 @@ from webui.api import (
     RequestError,
     build_infotext,
     make_scheduler,
+    prompt_arguments,
     resolve_seed,
     samplers_for,
     save_image,
@@ -208,8 +209,11 @@ def replace_background(context, image: Image.Image, mask: np.ndarray, options: R
             pipe.scheduler = make_scheduler(model.base_scheduler_config, options.sampler, options.schedule_type,
                                             model.family, seed=seed)
             job.start_image(0, 1, int(options.steps))
+            # A1111 emphasis syntax and prompts over 77 tokens, as in txt2img.
+            prompts = prompt_arguments(pipe, model.family, options.background_prompt or "",
+                                       options.negative_prompt or "")
             output = pipe(
-                prompt=options.background_prompt or "", negative_prompt=options.negative_prompt or None,
+                **prompts,
                 image=work, mask_image=work_mask, width=work.width, height=work.height,
                 num_inference_steps=int(options.steps), guidance_scale=float(options.cfg_scale),
                 strength=float(options.strength), generator=torch.Generator("cpu").manual_seed(seed),
