@@ -215,3 +215,17 @@ def test_weighted_and_long_background_prompts_work(context):
     plain = engine.replace_background(context, image, truth, options(background_prompt="a sunny beach", save=False))
     assert not np.array_equal(np.asarray(result.image), np.asarray(plain.image))
     assert result.infotext.startswith("(a sunny beach:1.3)")
+
+
+def test_progress_is_reported_and_interrupt_stops_before_painting(context):
+    from webui.api import Job
+
+    image, truth = scene()
+    job = Job()
+    engine.replace_background(context, image, truth, options(save=False), job)
+    snapshot = job.snapshot()
+    assert snapshot["steps"] == 3 and snapshot["step"] == 3
+    stopped = Job()
+    stopped.interrupt()
+    with pytest.raises(RequestError, match="Interrupted"):
+        engine.replace_background(context, image, truth, options(save=False), stopped)

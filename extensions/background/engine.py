@@ -195,6 +195,8 @@ def replace_background(context, image: Image.Image, mask: np.ndarray, options: R
     seed = resolve_seed(int(options.seed))
     _, core = blend_alpha(mask, options.erode, options.feather)
     repaint = ~core if core.any() else ~mask
+    if job.interrupted:
+        raise RequestError("Interrupted before the background was painted")
     with context.pipelines.use(model_name) as model:
         if options.sampler not in samplers_for(model.family):
             raise RequestError(f"Sampler {options.sampler!r} does not work with {model.family} models; choose one of: "

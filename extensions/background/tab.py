@@ -11,19 +11,21 @@ Two ways to use it:
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
 
-from webui.api import EaselError, UIContext, samplers_for, schedule_types_for
+from webui.api import EaselError, Job, UIContext, samplers_for, schedule_types_for
 
 from . import engine, registry
 from .detect import Detection
 from .masks import apply_mask_tools, image_to_mask, mask_to_image, overlay, prepare_image
 
 SCOPE = "background"
+POLL_SECONDS = 0.25
 DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-tiny"
 DEFAULT_SEGMENTER = "facebook/sam-vit-base"
 REMEMBERED = ("detector", "segmenter", "model", "box_threshold", "text_threshold", "sampler", "steps", "cfg_scale",
@@ -101,6 +103,7 @@ def render_background_tab(ui: UIContext) -> None:
     family = context.family_of(model_default) or "sd1"
 
     detections_state = gr.State({})
+    job_holder = gr.State({})
     raw_mask_state = gr.State(None)
 
     gr.Markdown("Upload a photo, say what to keep and what the new background should be. "
@@ -115,7 +118,8 @@ def render_background_tab(ui: UIContext) -> None:
                                            elem_id="background-prompt")
             negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="background-negative")
             with gr.Row():
-                replace = gr.Button("Replace background", variant="primary", elem_id="background-replace")
+                replace = gr.Button("Replace background", variant="primary", elem_id="background-replace", scale=3)
+                interrupt = gr.Button("Interrupt", elem_id="background-interrupt", scale=1)
             status = gr.Markdown("", elem_id="background-status")
         with gr.Column(scale=1):
             result_gallery = gr.Gallery(label="Result", columns=2, format="png", interactive=False,
@@ -260,7 +264,7 @@ def render_background_tab(ui: UIContext) -> None:
                   outputs=[detections_state, raw_mask_state, keep, editor, mask_preview, boxes_preview],
                   api_name=False, queue=False)
 
-    def do_replace(image, prompt, detector_name, box_thr, text_thr, state, checked, segmenter_name, grow,
+    def compute_replace(progress: Job, image, prompt, detector_name, box_thr, text_thr, state, checked, segmenter_name, grow,
                    keep_largest, fill_holes, invert, alpha, edited, bg_prompt, negative_prompt, model_name,
                    sampler_name, schedule_type, steps_value, cfg_value, strength_value, seed_value, erode_value,
                    feather_value, decontaminate_value, side):
@@ -284,7 +288,7 @@ def render_background_tab(ui: UIContext) -> None:
             detections = _detections_from_state(state, prompt, prepared.size)
             if mask is not None:
                 options.extra_infotext = {"Subject prompt": prompt or None, "Mask": "edited"}
-                result = engine.replace_background(context, prepared.image, mask, options)
+                result = engine.replace_background(context, prepared.image, mask, options, progress)
                 message = ""
                 new_state, keep_update = gr.skip(), gr.skip()
             else:
@@ -298,9 +302,9 @@ def render_background_tab(ui: UIContext) -> None:
                     grow=int(grow), keep_largest=bool(keep_largest), fill_holes=bool(fill_holes),
                     invert=bool(invert), use_alpha=bool(alpha), options=options)
                 if detections:
-                    outcome = _run_with_detections(context, job, detections)
+                    outcome = _run_with_detections(context, job, detections, progress)
                 else:
-                    outcome = engine.run_background_job(context, job)
+                    outcome = engine.run_background_job(context, job, progress)
                     labels = [d.caption(i) for i, d in enumerate(outcome.detections)]
                     boxes_image = draw_detections(outcome.prepared.image, outcome.detections)
                     new_state = _detections_to_state(outcome.detections, prompt, outcome.prepared.size)
@@ -315,11 +319,49 @@ def render_background_tab(ui: UIContext) -> None:
         except (EaselError, ValueError, OSError, RuntimeError) as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         status_text = f"Done in {result.seconds:.1f}s (seed {result.seed})." + (f" Note: {message}." if message else "")
+        if progress.interrupted:
+            status_text += " Interrupted: the background is not fully painted."
         items = [(result.path or result.image, "result"), (overlay(prepared.image, mask), "mask")]
         return (items, result.infotext, result.mask_path, status_text, new_state, keep_update, boxes_image,
                 editor_value(mask), overlay(prepared.image, mask))
 
-    replace_inputs = [upload, subject, detector, box_threshold, text_threshold, detections_state, keep, segmenter,
+    def do_replace(holder: dict, *values: Any):
+        """Run the replacement in a worker thread; yields progress, then the result."""
+        progress = Job()
+        progress.message = "Detecting and segmenting…"
+        holder["job"] = progress
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["value"] = compute_replace(progress, *values)
+            except gr.Error as exc:
+                outcome["error"] = exc
+            except Exception as exc:  # noqa: BLE001 - the server must keep serving
+                outcome["error"] = gr.Error(f"{type(exc).__name__}: {exc}", print_exception=False)
+
+        worker = threading.Thread(target=work, name="easel-background", daemon=True)
+        worker.start()
+        skip = gr.skip()
+        while worker.is_alive():
+            worker.join(POLL_SECONDS)
+            yield (skip, skip, skip, progress.progress_text(), skip, skip, skip, skip, skip)
+        holder.pop("job", None)
+        if "error" in outcome:
+            raise outcome["error"]
+        yield outcome["value"]
+
+    def stop(holder: dict) -> str:
+        job = holder.get("job")
+        if job is None:
+            return "Nothing is running."
+        job.interrupt()
+        return "Interrupting…"
+
+    interrupt.click(stop, inputs=job_holder, outputs=status, api_name="background_interrupt", queue=False,
+                    concurrency_limit=None)
+
+    replace_inputs = [job_holder, upload, subject, detector, box_threshold, text_threshold, detections_state, keep, segmenter,
                       grow_pixels, largest, holes, inverted, use_alpha, editor, background_prompt, negative, model,
                       sampler, schedule, steps, cfg, strength, seed, erode, feather, decontaminate, work_side]
     replace.click(do_replace, inputs=replace_inputs,
@@ -347,7 +389,8 @@ def render_background_tab(ui: UIContext) -> None:
     sampler.change(follow_sampler, inputs=[model, sampler, schedule], outputs=schedule, api_name=False, queue=False)
 
 
-def _run_with_detections(context, job: engine.BackgroundJob, detections: list[Detection]) -> engine.BackgroundOutcome:
+def _run_with_detections(context, job: engine.BackgroundJob, detections: list[Detection],
+                         progress: Job | None = None) -> engine.BackgroundOutcome:
     """Like :func:`engine.run_background_job`, with the detections the user already reviewed."""
     prepared = prepare_image(job.image)
     chosen = [detections[i] for i in (job.keep or []) if 0 <= i < len(detections)]
@@ -364,5 +407,5 @@ def _run_with_detections(context, job: engine.BackgroundJob, detections: list[De
     mask = apply_mask_tools(mask, job.grow, job.keep_largest, job.fill_holes, job.invert)
     job.options.extra_infotext = {**job.options.extra_infotext, "Subject prompt": job.subject_prompt or None,
                                   "Detector": job.detector, "Segmenter": job.segmenter if chosen else None}
-    result = engine.replace_background(context, prepared.image, mask, job.options)
+    result = engine.replace_background(context, prepared.image, mask, job.options, progress)
     return engine.BackgroundOutcome(prepared, detections, result, "; ".join(prepared.notes))
