@@ -229,3 +229,11 @@ def test_progress_is_reported_and_interrupt_stops_before_painting(context):
     stopped.interrupt()
     with pytest.raises(RequestError, match="Interrupted"):
         engine.replace_background(context, image, truth, options(save=False), stopped)
+
+
+def test_a_hub_model_that_is_not_cached_offline_gives_a_clear_message(context):
+    image, _ = scene()
+    with pytest.raises(registry.ModelUnavailableError, match="not in the local cache"):
+        engine.detect_subject(context, image, "a dog", "IDEA-Research/grounding-dino-tiny")
+    with pytest.raises(registry.ModelUnavailableError, match="GrabCut"):
+        engine.segment_subject(context, image, [(1, 1, 20, 20)], "facebook/sam-vit-base")

@@ -130,15 +130,31 @@ class ModelCache:
 
     def detector(self, models_dir: Path, name: str) -> Any:
         choice = find(detector_choices(models_dir), name, "detector")
-        return self._get("detector", name, lambda: _load_detector(choice, Path(models_dir)))
+        return self._get("detector", name, lambda: _explain(choice, lambda: _load_detector(choice, Path(models_dir))))
 
     def segmenter(self, models_dir: Path, name: str) -> Any:
         choice = find(segmenter_choices(models_dir), name, "segmenter")
-        return self._get("segmenter", name, lambda: _load_segmenter(choice))
+        return self._get("segmenter", name, lambda: _explain(choice, lambda: _load_segmenter(choice)))
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+
+class ModelUnavailableError(RuntimeError):
+    """A detector or segmenter could not be loaded; the message says why and what to do."""
+
+
+def _explain(choice: Choice, load) -> Any:
+    try:
+        return load()
+    except OSError as exc:
+        if choice.builtin or Path(choice.location).exists():
+            raise ModelUnavailableError(f"Could not load {choice.name}: {exc}") from exc
+        raise ModelUnavailableError(
+            f"{choice.name} is not in the local cache and could not be downloaded ({type(exc).__name__}). "
+            "Connect to the internet once (or unset HF_HUB_OFFLINE), put a copy under models/GroundingDino or "
+            "models/SAM, or pick GrabCut / a tiny offline model.") from exc
 
 
 def _load_detector(choice: Choice, models_dir: Path) -> Any:
