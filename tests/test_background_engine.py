@@ -27,7 +27,9 @@ def options(**overrides):
     return engine.ReplaceOptions(**values)
 
 
-@pytest.mark.parametrize("model", ["tiny", pytest.param("tiny-sdxl", marks=pytest.mark.slow),
+@pytest.mark.parametrize("model", ["tiny", pytest.param("tiny-sd2", marks=pytest.mark.slow),
+                                   pytest.param("tiny-sdxl", marks=pytest.mark.slow),
+                                   pytest.param("tiny-sdxl-refiner", marks=pytest.mark.slow),
                                    pytest.param("tiny-sd3", marks=pytest.mark.slow)])
 def test_replace_keeps_the_eroded_subject_identical_and_changes_the_background(context, model):
     image, truth = scene()
