@@ -106,3 +106,17 @@ def test_bert_shim_masks_like_transformers_4():
     assert extended.shape == (1, 1, 1, 3)
     assert extended[0, 0, 0, 0] == 0 and extended[0, 0, 0, 2] == torch.finfo(torch.float32).min
     assert model.get_head_mask(None, 3) == [None] * 3
+
+
+def test_drop_in_extension_with_relative_sibling_imports_loads(tmp_path):
+    """``from . import sibling`` inside an extension folder (the background extension does it)."""
+    from webui.plugins import PluginHost
+
+    folder = tmp_path / "relative_ext"
+    folder.mkdir()
+    (folder / "__init__.py").write_text('"""doc"""\nfrom . import first\n')
+    (folder / "first.py").write_text("from . import second\nVALUE = second.VALUE\n")
+    (folder / "second.py").write_text("VALUE = 42\n")
+    host = PluginHost()
+    host.load_folder(folder)
+    assert host.extensions["relative_ext"].status == "loaded", host.extensions["relative_ext"].error

@@ -109,8 +109,9 @@ class PluginHost:
 
         def do_import() -> ModuleType:
             module_name = f"easel_extensions.{name}"
-            # The parent package must exist for imports inside the extension that go through
-            # it (``from . import sibling`` after torch/transformers looked the module up).
+            # ``from . import sibling`` inside an extension fails with "No module named
+            # 'easel_extensions'" unless the parent package exists (``from .sibling import x``
+            # works without it): register an empty namespace for it.
             if "easel_extensions" not in sys.modules:
                 parent = ModuleType("easel_extensions")
                 parent.__path__ = []
