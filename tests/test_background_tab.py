@@ -127,3 +127,21 @@ def test_large_and_exif_rotated_uploads_come_back_at_their_own_size(client, tmp_
     Image.new("RGB", (120, 80), (200, 10, 10)).save(rotated, exif=exif)
     outputs = client.predict(*replace_args(rotated, subject="a dog", box=1.0), api_name="/background_replace")
     assert "Nothing matching" in outputs[3]
+
+
+def test_detect_then_make_mask_with_grabcut_on_the_ticked_box(client, tmp_path):
+    from gradio_client import handle_file
+
+    path = tmp_path / "scene.png"
+    subject_png(path)
+    _, keep, _ = client.predict(handle_file(str(path)), "a red square", "tiny-grounding-dino", 0.0, 0.0, 256,
+                                api_name="/background_detect")
+    first = keep["value"][0]
+    editor, preview, status = client.predict(handle_file(str(path)), [first], "grabcut", 0, True, False, False, True,
+                                             256, api_name="/background_mask")
+    assert "Mask covers" in status
+    assert Image.open(preview).size == (128, 96)
+    assert Image.open(editor["background"]).size == (128, 96)
+    with pytest.raises(Exception, match="No detection is selected"):
+        client.predict(handle_file(str(path)), [], "grabcut", 0, True, False, False, True, 256,
+                       api_name="/background_mask")
