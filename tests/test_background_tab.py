@@ -127,6 +127,11 @@ def test_large_and_exif_rotated_uploads_come_back_at_their_own_size(client, tmp_
     Image.new("RGB", (120, 80), (200, 10, 10)).save(rotated, exif=exif)
     outputs = client.predict(*replace_args(rotated, subject="a dog", box=1.0), api_name="/background_replace")
     assert "Nothing matching" in outputs[3]
+    from gradio_client import handle_file
+
+    boxes, _, _ = client.predict(handle_file(str(rotated)), "a dog", "tiny-grounding-dino", 0.0, 0.0, 256,
+                                 api_name="/background_detect")
+    assert Image.open(boxes).size == (80, 120)   # turned upright once (not twice)
 
 
 def test_detect_then_make_mask_with_grabcut_on_the_ticked_box(client, tmp_path):

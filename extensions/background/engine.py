@@ -90,7 +90,7 @@ def detect_subject(context, image: Image.Image, prompt: str, detector: str, box_
     if not (prompt or "").strip():
         raise RequestError("Type what to keep (the subject prompt), e.g. \"the dog\"")
     model = MODELS.detector(context.models_dir, detector)
-    work = to_model_size(image, work_side)
+    work = to_model_size(image, work_side, multiple=1)
     with context.pipelines.device_lock():
         try:
             model.to(_device(context))
