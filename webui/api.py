@@ -29,6 +29,7 @@ import pluggy
 from webui.config import Setting
 from webui.context import EaselContext
 from webui.errors import EaselError, ExtensionError, GenerationError
+from webui.generation import prompt_arguments
 from webui.hookspecs import PROJECT_NAME
 from webui.infotext import build_infotext, parse_infotext
 from webui.jobs import (
@@ -43,7 +44,7 @@ from webui.jobs import (
 from webui.outputs import read_infotext, save_image
 from webui.pipelines.families import FAMILIES, FAMILY_LABELS
 from webui.pipelines.manager import LoadedModel
-from webui.pipelines.schedulers import SAMPLERS, SCHEDULE_TYPES, samplers_for, schedule_types_for
+from webui.pipelines.schedulers import SAMPLERS, SCHEDULE_TYPES, make_scheduler, samplers_for, schedule_types_for
 from webui.pipelines.sources import ModelSource
 from webui.plugins import API_VERSION
 
@@ -138,7 +139,9 @@ __all__ = [
     "UIContext",
     "build_infotext",
     "hookimpl",
+    "make_scheduler",
     "parse_infotext",
+    "prompt_arguments",
     "read_infotext",
     "resolve_seed",
     "samplers_for",

@@ -127,6 +127,10 @@ def run_generation(context: "EaselContext", request: GenerationRequest, job: Job
                                f"choose one of: {', '.join(allowed_schedules)}")
         if request.refiner is not None and model.family != "sdxl":
             raise RequestError("The SDXL refiner can only follow an SDXL base model")
+        unet_config = getattr(getattr(model.pipeline, "unet", None), "config", None)
+        if unet_config is not None and getattr(unet_config, "in_channels", 4) == 9:
+            raise RequestError(f"{request.model} is an inpainting model: it cannot draw from a prompt alone "
+                               "(use it in the Background tab)")
         if model.family == "sdxl-refiner":
             raise RequestError("A refiner model cannot draw from a prompt alone: choose an SDXL base model "
                                "and pick this one as its refiner")

@@ -33,7 +33,7 @@ from webui.errors import ExtensionError
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "easel.extensions"
-BUILTIN_EXTENSIONS = ("txt2img", "extensions_page")
+BUILTIN_EXTENSIONS = ("txt2img", "extensions_page", "background")
 API_VERSION = "1.0"
 
 
@@ -109,6 +109,13 @@ class PluginHost:
 
         def do_import() -> ModuleType:
             module_name = f"easel_extensions.{name}"
+            # ``from . import sibling`` inside an extension fails with "No module named
+            # 'easel_extensions'" unless the parent package exists (``from .sibling import x``
+            # works without it): register an empty namespace for it.
+            if "easel_extensions" not in sys.modules:
+                parent = ModuleType("easel_extensions")
+                parent.__path__ = []
+                sys.modules["easel_extensions"] = parent
             spec = importlib.util.spec_from_file_location(
                 module_name, folder / "__init__.py", submodule_search_locations=[str(folder)]
             )

@@ -31,6 +31,13 @@ def family_from_model_index(folder: Path) -> str:
     """Family of a diffusers folder, from its ``model_index.json`` (and UNet config for SD2)."""
     index = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
     class_name = index.get("_class_name", "")
+    # Dedicated inpainting models (runwayml/stable-diffusion-inpainting,
+    # diffusers/stable-diffusion-xl-1.0-inpainting-0.1, ...) belong to their base family; they
+    # load with the family's pipeline class and the background extension runs them through
+    # the family's inpainting pipeline.
+    class_name = {"StableDiffusionInpaintPipeline": "StableDiffusionPipeline",
+                  "StableDiffusionXLInpaintPipeline": "StableDiffusionXLPipeline",
+                  "StableDiffusion3InpaintPipeline": "StableDiffusion3Pipeline"}.get(class_name, class_name)
     if class_name == "StableDiffusion3Pipeline":
         return "sd3"
     if class_name == "StableDiffusionXLPipeline":

@@ -1,0 +1,327 @@
+"""The background-replacement workflow: detect -> segment -> mask tools -> inpaint -> composite.
+
+Every stage that uses the accelerator holds the device lock of the shared pipeline manager;
+the detector and the segmenter go back to the CPU as soon as their step is done, before the
+inpainting model is used. Large inputs are worked on at most ``work_side`` pixels on the
+long side; the result is composited at the input's own size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from webui.api import (
+    EaselError,
+    GenerationError,
+    Job,
+    RequestError,
+    build_infotext,
+    make_scheduler,
+    prompt_arguments,
+    resolve_seed,
+    samplers_for,
+    save_image,
+    schedule_types_for,
+)
+
+from . import registry
+from .composite import blend_alpha, composite_subject
+from .detect import Detection
+from .masks import PreparedImage, apply_mask_tools, mask_to_image, prepare_image, to_model_size
+
+log = logging.getLogger(__name__)
+
+OUTPUT_TASK = "img2img-bg"
+MASK_TASK = "img2img-bg-masks"
+NO_DETECTION = ("Nothing matching {prompt!r} was found (box threshold {box:.2f}, text threshold {text:.2f}). "
+                "Try lower thresholds (e.g. box {box_hint:.2f}, text {text_hint:.2f}), a simpler subject prompt "
+                "(one or two words such as \"dog\"), or draw the mask by hand in the editor.")
+
+MODELS = registry.ModelCache()
+
+
+@dataclass
+class ReplaceOptions:
+    """What the inpainting and the composite use."""
+
+    background_prompt: str = ""
+    negative_prompt: str = ""
+    model: str = ""
+    sampler: str = "Euler a"
+    schedule_type: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    strength: float = 1.0
+    seed: int = -1
+    erode: int = 2
+    feather: int = 4
+    decontaminate: float = 0.5
+    work_side: int = 1024
+    save: bool = True
+    extra_infotext: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReplaceResult:
+    image: Image.Image
+    mask: np.ndarray
+    seed: int
+    infotext: str
+    path: str | None = None
+    mask_path: str | None = None
+    generated: Image.Image | None = None
+    seconds: float = 0.0
+
+
+def _device(context) -> torch.device:
+    return context.pipelines.device
+
+
+def detect_subject(context, image: Image.Image, prompt: str, detector: str, box_threshold: float = 0.35,
+                   text_threshold: float = 0.25, work_side: int = 1024) -> list[Detection]:
+    """Boxes for ``prompt`` in ``image`` (an RGB image from :func:`prepare_image`), in its pixel coordinates."""
+    if not (prompt or "").strip():
+        raise RequestError("Type what to keep (the subject prompt), e.g. \"the dog\"")
+    model = MODELS.detector(context.models_dir, detector)
+    work = to_model_size(image, work_side, multiple=1)
+    with context.pipelines.device_lock():
+        try:
+            model.to(_device(context))
+            found = model.detect(work, prompt, box_threshold=box_threshold, text_threshold=text_threshold)
+        finally:
+            model.to("cpu")
+    factor_x, factor_y = image.width / work.width, image.height / work.height
+    return [item.scaled(factor_x, factor_y) for item in found]
+
+
+def no_detection_message(prompt: str, box_threshold: float, text_threshold: float) -> str:
+    return NO_DETECTION.format(prompt=prompt, box=box_threshold, text=text_threshold,
+                               box_hint=max(0.05, round(box_threshold * 0.6, 2)),
+                               text_hint=max(0.05, round(text_threshold * 0.6, 2)))
+
+
+def segment_subject(context, image: Image.Image, boxes: list[tuple[float, float, float, float]], segmenter: str,
+                    work_side: int = 1024) -> np.ndarray:
+    """The subject mask (input size) of the chosen boxes."""
+    if not boxes:
+        raise RequestError("No box is selected: pick at least one detection to keep")
+    model = MODELS.segmenter(context.models_dir, segmenter)
+    work = to_model_size(image, work_side, multiple=1)
+    factor_x, factor_y = work.width / image.width, work.height / image.height
+    scaled = [(x0 * factor_x, y0 * factor_y, x1 * factor_x, y1 * factor_y) for x0, y0, x1, y1 in boxes]
+    with context.pipelines.device_lock():
+        try:
+            model.to(_device(context))
+            mask = model.segment(work, scaled)
+        finally:
+            model.to("cpu")
+    if work.size != image.size:
+        mask = np.asarray(mask_to_image(mask).resize(image.size, Image.Resampling.BILINEAR)) >= 128
+    return mask
+
+
+# ------------------------------------------------------------------------------------------
+# Inpainting
+# ------------------------------------------------------------------------------------------
+
+INPAINT_STATE_KEY = "background.inpaint_pipeline"
+
+
+def _inpaint_class(family: str):
+    import diffusers
+
+    names = {"sd1": "StableDiffusionInpaintPipeline", "sd2": "StableDiffusionInpaintPipeline",
+             "sdxl": "StableDiffusionXLInpaintPipeline", "sdxl-refiner": "StableDiffusionXLInpaintPipeline",
+             "sd3": "StableDiffusion3InpaintPipeline"}
+    if family not in names:
+        raise RequestError(f"No inpainting pipeline for {family} models")
+    return getattr(diffusers, names[family])
+
+
+def inpaint_pipeline(model) -> Any:
+    """The family's inpainting pipeline over the loaded model's own components (no copy).
+
+    A dedicated inpainting checkpoint (9-channel UNet) and a regular one both work: the
+    diffusers inpainting pipelines take either, blending the known latents back each step
+    for a regular UNet. Built once per loaded model.
+    """
+    cached = model.extension_state.get(INPAINT_STATE_KEY)
+    if cached is not None:
+        return cached
+    cls = _inpaint_class(model.family)
+    pipe = model.pipeline if isinstance(model.pipeline, cls) else cls.from_pipe(model.pipeline)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    model.extension_state[INPAINT_STATE_KEY] = pipe
+    return pipe
+
+
+class _Progress:
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        self.job.step(step + 1)
+        if self.job.interrupted:
+            pipe._interrupt = True
+        return {}
+
+
+def replace_background(context, image: Image.Image, mask: np.ndarray, options: ReplaceOptions,
+                       job: Job | None = None) -> ReplaceResult:
+    """Inpaint everything outside ``mask`` (True = subject, input size) and paste the subject back."""
+    job = job or Job()
+    started = time.monotonic()
+    image = image.convert("RGB")
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (image.height, image.width):
+        raise RequestError(f"The mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.width}x{image.height}")
+    if not mask.any():
+        raise RequestError("The subject mask is empty: detect the subject again, lower the thresholds or draw it")
+    if mask.all():
+        raise RequestError("The subject mask covers the whole image: there is no background to replace")
+    if not 1 <= int(options.steps) <= 150:
+        raise RequestError("Steps must be between 1 and 150")
+    if not 0.0 < float(options.strength) <= 1.0:
+        raise RequestError("Denoising strength must be above 0 and at most 1")
+    model_name = options.model or context.default_model
+    seed = resolve_seed(int(options.seed))
+    _, core = blend_alpha(mask, options.erode, options.feather)
+    repaint = ~core if core.any() else ~mask
+    if job.interrupted:
+        raise RequestError("Interrupted before the background was painted")
+    with context.pipelines.use(model_name) as model:
+        if options.sampler not in samplers_for(model.family):
+            raise RequestError(f"Sampler {options.sampler!r} does not work with {model.family} models; choose one of: "
+                               f"{', '.join(samplers_for(model.family))}")
+        if options.schedule_type not in schedule_types_for(options.sampler, model.family):
+            raise RequestError(f"Schedule type {options.schedule_type!r} does not work with {options.sampler}")
+        multiple = 16 if model.family == "sd3" else 8
+        work = to_model_size(image, options.work_side, multiple=multiple)
+        work_mask = mask_to_image(repaint).resize(work.size, Image.Resampling.BILINEAR)
+        try:
+            pipe = inpaint_pipeline(model)
+            pipe.scheduler = make_scheduler(model.base_scheduler_config, options.sampler, options.schedule_type,
+                                            model.family, seed=seed)
+            job.start_image(0, 1, int(options.steps))
+            # A1111 emphasis syntax and prompts over 77 tokens, as in txt2img.
+            prompts = prompt_arguments(pipe, model.family, options.background_prompt or "",
+                                       options.negative_prompt or "")
+            output = pipe(
+                **prompts,
+                image=work, mask_image=work_mask, width=work.width, height=work.height,
+                num_inference_steps=int(options.steps), guidance_scale=float(options.cfg_scale),
+                strength=float(options.strength), generator=torch.Generator("cpu").manual_seed(seed),
+                callback_on_step_end=_Progress(job), output_type="pil",
+            )
+            generated = output.images[0]
+        except EaselError:
+            raise
+        except torch.OutOfMemoryError as exc:
+            raise GenerationError(f"Out of memory inpainting at {work.width}x{work.height}: lower the working size "
+                                  "or use a lower-memory profile. The server is still running.") from exc
+        except Exception as exc:
+            log.exception("Background inpainting failed")
+            raise GenerationError(f"Inpainting failed: {type(exc).__name__}: {exc}") from exc
+        params = _infotext_params(options, model, seed, image.size, work.size)
+    result_image = composite_subject(image, generated, mask, options.erode, options.feather, options.decontaminate)
+    infotext = build_infotext(options.background_prompt, options.negative_prompt, params)
+    result = ReplaceResult(image=result_image, mask=mask, seed=seed, infotext=infotext, generated=generated)
+    if options.save:
+        result.path = str(save_image(result_image, context.outputs_dir, OUTPUT_TASK, infotext, seed))
+        result.mask_path = str(save_image(mask_to_image(mask), context.outputs_dir, MASK_TASK, infotext, seed))
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _infotext_params(options: ReplaceOptions, model, seed: int, size: tuple[int, int],
+                     work_size: tuple[int, int]) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "Steps": int(options.steps),
+        "Sampler": options.sampler,
+        "Schedule type": options.schedule_type,
+        "CFG scale": float(options.cfg_scale),
+        "Seed": seed,
+        "Size": f"{size[0]}x{size[1]}",
+        "Model hash": model.model_hash,
+        "Model": model.source.name.rsplit(".", 1)[0] if model.source.kind == "file" else model.source.name,
+        "Denoising strength": float(options.strength),
+        "RNG": "CPU",
+        "Inpaint size": f"{work_size[0]}x{work_size[1]}" if work_size != size else None,
+        "Mask erode": int(options.erode),
+        "Mask blur": int(options.feather),
+        "Edge decontamination": float(options.decontaminate) or None,
+    }
+    params.update(options.extra_infotext)
+    return params
+
+
+# ------------------------------------------------------------------------------------------
+# Everything in one call (REST/tests)
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BackgroundJob:
+    """One end-to-end request: an uploaded image, what to keep, what to paint around it."""
+
+    image: Image.Image
+    subject_prompt: str
+    detector: str = registry.TINY_DETECTOR
+    segmenter: str = registry.GRABCUT
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+    keep: list[int] | None = None  # indices of detections to keep; None = all
+    grow: int = 0
+    keep_largest: bool = True
+    fill_holes: bool = False
+    invert: bool = False
+    use_alpha: bool = True
+    options: ReplaceOptions = field(default_factory=ReplaceOptions)
+
+
+@dataclass
+class BackgroundOutcome:
+    prepared: PreparedImage
+    detections: list[Detection]
+    result: ReplaceResult | None = None
+    message: str = ""
+
+
+def run_background_job(context, request: BackgroundJob, job: Job | None = None) -> BackgroundOutcome:
+    """Detect, segment, apply the mask tools, inpaint and composite.
+
+    When nothing is detected the outcome carries a message and no result (or, for an input
+    with transparency and ``use_alpha``, its alpha is used as the mask).
+    """
+    prepared = prepare_image(request.image)
+    detections: list[Detection] = []
+    mask = None
+    if (request.subject_prompt or "").strip():
+        detections = detect_subject(context, prepared.image, request.subject_prompt, request.detector,
+                                    request.box_threshold, request.text_threshold, request.options.work_side)
+    chosen = detections if request.keep is None else [detections[i] for i in request.keep if 0 <= i < len(detections)]
+    if chosen:
+        mask = segment_subject(context, prepared.image, [d.box for d in chosen], request.segmenter,
+                               request.options.work_side)
+        if request.use_alpha and prepared.alpha_hint is not None:
+            mask &= prepared.alpha_hint
+    elif request.use_alpha and prepared.alpha_hint is not None:
+        mask = prepared.alpha_hint
+    if mask is None:
+        return BackgroundOutcome(prepared, detections, None, no_detection_message(
+            request.subject_prompt, request.box_threshold, request.text_threshold))
+    mask = apply_mask_tools(mask, request.grow, request.keep_largest, request.fill_holes, request.invert)
+    options = request.options
+    options.extra_infotext = {**options.extra_infotext, "Subject prompt": request.subject_prompt or None,
+                              "Detector": request.detector if detections else None,
+                              "Segmenter": request.segmenter if chosen else None}
+    result = replace_background(context, prepared.image, mask, options, job)
+    return BackgroundOutcome(prepared, detections, result, "; ".join(prepared.notes))

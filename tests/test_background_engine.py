@@ -1,0 +1,241 @@
+"""End to end background replacement on tiny models: the subject stays pixel-identical, the rest changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from extensions.background import engine, masks, registry
+from webui.api import RequestError, read_infotext
+
+
+def scene(width=128, height=96, seed=0):
+    rng = np.random.default_rng(seed)
+    data = np.zeros((height, width, 3), np.uint8)
+    data[:] = (30, 60, 200)
+    data[24:72, 40:96] = rng.integers(100, 256, (48, 56, 3), dtype=np.uint8)  # textured subject
+    truth = np.zeros((height, width), bool)
+    truth[24:72, 40:96] = True
+    return Image.fromarray(data), truth
+
+
+def options(**overrides):
+    values = dict(background_prompt="a sunny beach", negative_prompt="blurry", model="tiny", steps=3, cfg_scale=5.0,
+                  seed=123, erode=3, feather=4, decontaminate=0.5, work_side=128)
+    values.update(overrides)
+    return engine.ReplaceOptions(**values)
+
+
+@pytest.mark.parametrize("model", ["tiny", pytest.param("tiny-sd2", marks=pytest.mark.slow),
+                                   pytest.param("tiny-sdxl", marks=pytest.mark.slow),
+                                   pytest.param("tiny-sdxl-refiner", marks=pytest.mark.slow),
+                                   pytest.param("tiny-sd3", marks=pytest.mark.slow)])
+def test_replace_keeps_the_eroded_subject_identical_and_changes_the_background(context, model):
+    image, truth = scene()
+    sampler = "Flow Euler" if model == "tiny-sd3" else "Euler a"
+    result = engine.replace_background(context, image, truth, options(model=model, sampler=sampler))
+    src, out = np.asarray(image), np.asarray(result.image)
+    core = masks.grow(truth, -3)
+    assert result.image.size == image.size
+    assert np.array_equal(out[core], src[core])
+    background = ~masks.grow(truth, 2)
+    changed = np.abs(out[background].astype(int) - src[background].astype(int)).sum(axis=1) > 10
+    assert changed.mean() > 0.9
+    assert result.path and result.mask_path
+    saved = Image.open(result.path)
+    info = read_infotext(saved)
+    assert "a sunny beach" in info and "Steps: 3" in info and "Seed: 123" in info and "Denoising strength: 1.0" in info
+    assert f"Model: {model}" in info
+    assert np.array_equal(masks.image_to_mask(Image.open(result.mask_path)), truth)
+    assert "/img2img-bg/" in result.path.replace("\\", "/")
+
+
+def test_large_input_is_inpainted_small_and_returned_at_input_size(context):
+    image, truth = scene(512, 384)
+    truth = np.zeros((384, 512), bool)
+    truth[96:288, 160:384] = True
+    result = engine.replace_background(context, image, truth, options(work_side=128, save=False))
+    assert result.image.size == (512, 384) and result.generated.size == (128, 96)
+    core = masks.grow(truth, -3)
+    assert np.array_equal(np.asarray(result.image)[core], np.asarray(image)[core])
+    assert "Inpaint size: 128x96" in result.infotext
+
+
+def test_same_seed_same_image_and_bad_requests_are_clear(context):
+    image, truth = scene()
+    first = engine.replace_background(context, image, truth, options(save=False))
+    second = engine.replace_background(context, image, truth, options(save=False))
+    assert np.array_equal(np.asarray(first.image), np.asarray(second.image))
+    with pytest.raises(RequestError, match="empty"):
+        engine.replace_background(context, image, np.zeros_like(truth), options())
+    with pytest.raises(RequestError, match="whole image"):
+        engine.replace_background(context, image, np.ones_like(truth), options())
+    with pytest.raises(RequestError, match="Sampler"):
+        engine.replace_background(context, image, truth, options(sampler="No such sampler"))
+
+
+def test_full_job_with_tiny_detector_and_grabcut(context):
+    image, truth = scene()
+    request = engine.BackgroundJob(image=image, subject_prompt="the square", detector=registry.TINY_DETECTOR,
+                                   segmenter=registry.BOX, box_threshold=0.0, text_threshold=0.0, keep=[0],
+                                   keep_largest=True, options=options(save=False))
+    outcome = engine.run_background_job(context, request)
+    assert len(outcome.detections) == 10 and outcome.result is not None
+    box_mask = masks.apply_mask_tools(masks.boxes_to_mask([outcome.detections[0].box], image.size), largest=True)
+    assert np.array_equal(outcome.result.mask, box_mask)
+    assert "Subject prompt: the square" in outcome.result.infotext and "Detector: tiny-grounding-dino" in \
+        outcome.result.infotext
+
+
+def test_no_detection_gives_a_message_with_thresholds_to_try(context):
+    image, _ = scene()
+    request = engine.BackgroundJob(image=image, subject_prompt="a dog", box_threshold=1.01, text_threshold=0.25,
+                                   options=options(save=False))
+    outcome = engine.run_background_job(context, request)
+    assert outcome.result is None and outcome.detections == []
+    assert "Nothing matching 'a dog'" in outcome.message and "lower thresholds" in outcome.message
+
+
+def test_rgba_alpha_serves_as_the_mask_when_nothing_is_detected(context):
+    image, truth = scene()
+    rgba = image.convert("RGBA")
+    alpha = Image.fromarray(truth.astype(np.uint8) * 255)
+    rgba.putalpha(alpha)
+    request = engine.BackgroundJob(image=rgba, subject_prompt="", options=options(save=False))
+    outcome = engine.run_background_job(context, request)
+    assert outcome.result is not None and np.array_equal(outcome.result.mask, truth)
+    core = masks.grow(truth, -3)
+    assert np.array_equal(np.asarray(outcome.result.image)[core], np.asarray(image)[core])
+
+
+def test_dedicated_inpainting_model_folder_is_used_as_is(make_context, tmp_path):
+    """A 9-channel inpainting UNet (SD1 inpainting layout) in models/Stable-diffusion works through the same path."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    from webui.pipelines.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("tiny")
+    config = dict(pipe.unet.config)
+    config["in_channels"] = 9
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel.from_config(config)
+    inpaint = StableDiffusionInpaintPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                             unet=unet, scheduler=pipe.scheduler, safety_checker=None,
+                                             feature_extractor=None, requires_safety_checker=False)
+    models_dir = tmp_path / "models"
+    inpaint.save_pretrained(models_dir / "Stable-diffusion" / "tiny-inpainting")
+    context = make_context(models_dir=models_dir)
+    image, truth = scene()
+    result = engine.replace_background(context, image, truth, options(model="tiny-inpainting", save=False))
+    core = masks.grow(truth, -3)
+    assert np.array_equal(np.asarray(result.image)[core], np.asarray(image)[core])
+    with context.pipelines.use("tiny-inpainting") as model:
+        used = engine.inpaint_pipeline(model)
+        assert isinstance(used, StableDiffusionInpaintPipeline) and used.unet.config.in_channels == 9
+        assert used.unet is model.pipeline.unet   # the loaded components, not a copy
+    from webui.api import GenerationRequest
+
+    with pytest.raises(RequestError, match="inpainting model"):
+        context.generate(GenerationRequest(prompt="x", model="tiny-inpainting", steps=1, width=64, height=64,
+                                           save=False))
+
+
+@pytest.mark.slow
+def test_every_builtin_detector_and_segmenter_runs_through_the_registry(context):
+    image, truth = scene()
+    choices = {c.name: c for c in registry.detector_choices(context.models_dir)}
+    assert "IDEA-Research/grounding-dino-tiny" in choices and choices[registry.TINY_DETECTOR].builtin
+    assert "random weights" in choices[registry.TINY_DETECTOR].label
+    detectors = [registry.TINY_DETECTOR]
+    from extensions.background.detect import groundingdino_py_available
+
+    if groundingdino_py_available() is None:
+        detectors.append(registry.TINY_DETECTOR_PY)
+    for name in detectors:
+        found = engine.detect_subject(context, image, "the square", name, 0.0, 0.0, work_side=64)
+        assert found and all(0 <= d.box[0] <= d.box[2] <= 128 and 0 <= d.box[1] <= d.box[3] <= 96 for d in found)
+        model = engine.MODELS.detector(context.models_dir, name)
+        assert model.device.type == "cpu"   # back off the device after its step
+    segmenters = [c.name for c in registry.segmenter_choices(context.models_dir) if c.builtin]
+    assert set(segmenters) == {registry.GRABCUT, registry.BOX, registry.TINY_SAM, registry.TINY_SAM2}
+    for name in segmenters:
+        mask = engine.segment_subject(context, image, [(34, 18, 102, 78)], name, work_side=96)
+        assert mask.shape == truth.shape
+        if name == registry.GRABCUT:
+            assert (mask & truth).sum() / (mask | truth).sum() > 0.8
+    with pytest.raises(RequestError):
+        engine.segment_subject(context, image, [], registry.GRABCUT)
+    with pytest.raises(ValueError, match="Unknown detector"):
+        engine.detect_subject(context, image, "x", "no/such-detector")
+
+
+def test_local_model_folders_are_listed(tmp_path):
+    from extensions.background import detect, segment
+
+    models_dir = tmp_path / "models"
+    tiny = detect.build_tiny_grounding_dino()
+    tiny.model.save_pretrained(models_dir / "GroundingDino" / "my-gd")
+    tiny.processor.save_pretrained(models_dir / "GroundingDino" / "my-gd")
+    (models_dir / "GroundingDino" / "groundingdino_swint_ogc.pth").write_bytes(b"")
+    (models_dir / "GroundingDino" / "GroundingDINO_SwinT_OGC.py").write_text("backbone = 'swin_T_224_1k'\n")
+    sam = segment.build_tiny_sam()
+    sam.model.save_pretrained(models_dir / "SAM" / "my-sam")
+    sam.processor.save_pretrained(models_dir / "SAM" / "my-sam")
+    detectors = {c.name: c for c in registry.detector_choices(models_dir)}
+    assert detectors["GroundingDino/my-gd"].backend == "transformers"
+    assert detectors["GroundingDino/groundingdino_swint_ogc.pth"].backend == "groundingdino-py"
+    assert detectors["GroundingDino/groundingdino_swint_ogc.pth"].config.endswith("GroundingDINO_SwinT_OGC.py")
+    segmenters = {c.name: c for c in registry.segmenter_choices(models_dir)}
+    assert segmenters["SAM/my-sam"].location.endswith("my-sam")
+    cache = registry.ModelCache()
+    loaded = cache.segmenter(models_dir, "SAM/my-sam")
+    assert loaded.kind == "sam" and cache.segmenter(models_dir, "SAM/my-sam") is loaded
+    assert cache.detector(models_dir, "GroundingDino/my-gd").kind == "transformers"
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_the_gpu_detector_and_segmenter_go_back_to_the_cpu(make_context):
+    context = make_context(device="cuda")
+    image, truth = scene()
+    found = engine.detect_subject(context, image, "the square", registry.TINY_DETECTOR, 0.0, 0.0)
+    assert found and engine.MODELS.detector(context.models_dir, registry.TINY_DETECTOR).device.type == "cpu"
+    mask = engine.segment_subject(context, image, [found[0].box], registry.TINY_SAM)
+    assert mask.shape == truth.shape
+    assert engine.MODELS.segmenter(context.models_dir, registry.TINY_SAM).device.type == "cpu"
+    result = engine.replace_background(context, image, truth, options(save=False))
+    core = masks.grow(truth, -3)
+    assert np.array_equal(np.asarray(result.image)[core], np.asarray(image)[core])
+
+
+def test_weighted_and_long_background_prompts_work(context):
+    image, truth = scene()
+    long_prompt = "(a sunny beach:1.3), [clouds], " + ", ".join(["palm tree"] * 40)
+    result = engine.replace_background(context, image, truth, options(background_prompt=long_prompt, save=False))
+    plain = engine.replace_background(context, image, truth, options(background_prompt="a sunny beach", save=False))
+    assert not np.array_equal(np.asarray(result.image), np.asarray(plain.image))
+    assert result.infotext.startswith("(a sunny beach:1.3)")
+
+
+def test_progress_is_reported_and_interrupt_stops_before_painting(context):
+    from webui.api import Job
+
+    image, truth = scene()
+    job = Job()
+    engine.replace_background(context, image, truth, options(save=False), job)
+    snapshot = job.snapshot()
+    assert snapshot["steps"] == 3 and snapshot["step"] == 3
+    stopped = Job()
+    stopped.interrupt()
+    with pytest.raises(RequestError, match="Interrupted"):
+        engine.replace_background(context, image, truth, options(save=False), stopped)
+
+
+def test_a_hub_model_that_is_not_cached_offline_gives_a_clear_message(context):
+    image, _ = scene()
+    with pytest.raises(registry.ModelUnavailableError, match="not in the local cache"):
+        engine.detect_subject(context, image, "a dog", "IDEA-Research/grounding-dino-tiny")
+    with pytest.raises(registry.ModelUnavailableError, match="GrabCut"):
+        engine.segment_subject(context, image, [(1, 1, 20, 20)], "facebook/sam-vit-base")
