@@ -28,6 +28,9 @@ REQUIREMENTS = ROOT / "requirements.txt"
 TEST_REQUIREMENTS = ROOT / "requirements-test.txt"
 VENV_DIR = ROOT / ".venv"
 TORCH_PACKAGES = ("torch", "torchvision", "torchaudio")
+# Installed without their own pins (groundingdino-py pins supervision and opencv-python, which
+# clash with opencv-python-headless); what they really need is in requirements-test.txt.
+NO_DEPS_TEST_PACKAGES = ("groundingdino-py==0.4.0",)
 BROWSER = "/usr/bin/chromium"
 
 
@@ -161,6 +164,15 @@ def install_requirements(files: list[Path]) -> None:
         subprocess.check_call(command)
 
 
+def install_without_dependencies(requirements: list[str]) -> None:
+    """pip-install packages whose declared dependencies must not be pulled in."""
+    missing = _unsatisfied(requirements)
+    if missing:
+        print(f"[easel] installing without dependencies: {', '.join(missing)}", flush=True)
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
+                               *missing])
+
+
 def ensure_browser() -> None:
     """Debian's chromium for the browser tests (never a downloaded browser build)."""
     if Path(BROWSER).exists():
@@ -201,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         files = [REQUIREMENTS] + ([TEST_REQUIREMENTS] if args.test else [])
         install_requirements(files)
         if args.test:
+            install_without_dependencies(list(NO_DEPS_TEST_PACKAGES))
             ensure_browser()
     if args.test:
         return run_tests(extra)
