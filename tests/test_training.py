@@ -209,3 +209,34 @@ def test_accelerate_launch_two_processes_on_cpu(tmp_path):
     start = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()
              if '"start"' in line]
     assert start[0]["processes"] == 2
+
+
+def test_dreambooth_prior_preservation_text_encoder_bf16_checkpointing(tmp_path):
+    from safetensors import safe_open
+
+    from webui.pipelines.tiny import build_tiny_pipeline
+
+    make_images(tmp_path / "data", count=2)
+    for caption in (tmp_path / "data").glob("*.txt"):
+        caption.unlink()  # DreamBooth: no captions, the instance prompt for every image
+    config = config_for(tmp_path, max_steps=2, batch_size=1, instance_prompt="a photo of sks thing",
+                        prior_preservation=True, class_prompt="a photo of a thing", num_class_images=2, class_steps=2,
+                        train_text_encoder=True, gradient_checkpointing=True, mixed_precision="bf16",
+                        validation_prompts=["a photo of sks thing"], validation_every=1, validation_steps=2)
+    result = train(config)
+    assert result.status == "done"
+    class_images = sorted((tmp_path / "run" / "class_images").glob("*.png"))
+    assert len(class_images) == 2
+    stamps = [path.stat().st_mtime_ns for path in class_images]
+    assert result.validation_images and all(os.path.exists(path) for path in result.validation_images)
+    with safe_open(str(config.output_file), "pt") as handle:
+        keys = list(handle.keys())
+    assert any(k.startswith("lora_te1_") for k in keys) and any(k.startswith("lora_unet_") for k in keys)
+    pipe = build_tiny_pipeline("tiny")
+    pipe.load_lora_weights(str(config.output_file))
+    assert any("lora" in name for name, _ in pipe.text_encoder.named_parameters())
+    # the class images are generated once and reused
+    config.output_name, config.run_dir = "second", str(tmp_path / "run")
+    config.resume = False
+    train(config)
+    assert [path.stat().st_mtime_ns for path in sorted((tmp_path / "run" / "class_images").glob("*.png"))] == stamps

@@ -46,6 +46,10 @@ from webui.pipelines.manager import LoadedModel
 from webui.pipelines.schedulers import SAMPLERS, SCHEDULE_TYPES, samplers_for, schedule_types_for
 from webui.pipelines.sources import ModelSource
 from webui.plugins import API_VERSION
+from webui.training.config import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
+from webui.training.config import ConfigError as TrainingConfigError
+from webui.training.launch import TrainingProcess
+from webui.training.launch import read_events as read_training_events
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
@@ -123,6 +127,8 @@ __all__ = [
     "FAMILIES",
     "FAMILY_LABELS",
     "GenerationError",
+    "LR_SCHEDULERS",
+    "MIXED_PRECISION",
     "GenerationRequest",
     "GenerationResult",
     "ImageRecord",
@@ -135,11 +141,15 @@ __all__ = [
     "SCHEDULE_TYPES",
     "Setting",
     "Tab",
+    "TrainConfig",
+    "TrainingConfigError",
+    "TrainingProcess",
     "UIContext",
     "build_infotext",
     "hookimpl",
     "parse_infotext",
     "read_infotext",
+    "read_training_events",
     "resolve_seed",
     "samplers_for",
     "schedule_types_for",

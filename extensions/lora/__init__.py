@@ -120,7 +120,8 @@ def register_generation_controls(register, tab_id):
 
         dropdown = gr.Dropdown(choices=choices(), value=[], multiselect=True, label="LoRA",
                                info="Files in models/Lora/; <lora:name:weight> in the prompt works too",
-                               elem_id="txt2img-lora-names")
+                               elem_id="txt2img-lora-names",
+                               allow_custom_value=True)  # LoRAs trained after start-up; checked on use
         dropdown.focus(lambda current: gr.update(choices=choices(), value=current), inputs=dropdown,
                        outputs=dropdown, api_name=False, queue=False)
         return dropdown

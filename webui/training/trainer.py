@@ -17,7 +17,8 @@ What a run writes in its run folder (``config.run_path``):
   follows it;
 * ``checkpoints/step-000100.pt`` (atomic writes, the last ``keep_checkpoints`` kept);
 * ``class_images/`` (prior preservation, generated once and reused), ``validation/``;
-* a file ``STOP`` makes the run save a checkpoint and stop (the tab's Cancel).
+* a file ``STOP`` (written at any time, even before training starts) makes the run save a
+  checkpoint at the next step boundary, delete the file and stop (the tab's Cancel).
 
 The LoRA goes to ``<models_dir>/Lora/<output_name>.safetensors``: kohya keys (``lora_unet_...``,
 ``lora_down``/``lora_up``, ``.alpha``) for SD1/SD2/SDXL, which AUTOMATIC1111, ComfyUI and
@@ -40,6 +41,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from webui.training.config import TEXT_ENCODER_TARGETS, ConfigError, TrainConfig, atomic_write_bytes
 from webui.training.dataset import Dataset, image_tensor, load_dataset, open_rgb
@@ -145,6 +147,13 @@ class LoraTrainer:
         cpu = config.device == "cpu" or not torch.cuda.is_available()
         if config.mixed_precision == "fp16" and cpu:
             raise ConfigError("fp16 mixed precision needs a CUDA GPU; use bf16 or no on the CPU")
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            # accelerate keeps one global state per process; a second run in the same process (tests,
+            # the benchmark) with other options would be refused. Single-process: start it afresh.
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
         self.device = self.accelerator.device
         self.run_path = config.run_path
@@ -333,9 +342,15 @@ class LoraTrainer:
         """Per-example losses (before min-SNR weighting is applied to the mean) and the weighted mean."""
         model = model or self.model
         config = self.config
-        encoded = [self.latents_of(example, flip, crop_gen) for example, flip, crop_gen in examples]
-        latents = torch.stack([e[0] for e in encoded]).to(self.device, torch.float32)
-        cond = self.text_conditioning([example.caption for example, _, _ in examples])
+        with record_function("data"):
+            encoded = [self.latents_of(example, flip, crop_gen) for example, flip, crop_gen in examples]
+            latents = torch.stack([e[0] for e in encoded]).to(self.device, torch.float32)
+            cond = self.text_conditioning([example.caption for example, _, _ in examples])
+        with record_function("forward"):
+            return self._denoise_loss(model, latents, cond, encoded, generator)
+
+    def _denoise_loss(self, model, latents, cond, encoded, generator):
+        config = self.config
         bsz = latents.shape[0]
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
         if config.noise_offset:
@@ -424,7 +439,7 @@ class LoraTrainer:
     def load_checkpoint(self, path: Path) -> int:
         from peft.utils import set_peft_model_state_dict
 
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
         set_peft_model_state_dict(self.accelerator.unwrap_model(self.model), payload["lora"]["denoiser"])
         for index, te in enumerate(self.lora_text_encoders):
             set_peft_model_state_dict(te, payload["lora"][f"text_encoder_{index}"])
@@ -545,8 +560,6 @@ class LoraTrainer:
         if config.resume and latest:
             step = self.load_checkpoint(latest[-1])
             self.log("resumed", step=step, checkpoint=str(latest[-1]))
-        (self.run_path / "STOP").unlink(missing_ok=True) if self.accelerator.is_main_process else None
-        self.accelerator.wait_for_everyone()
         result = TrainResult(status="running", step=step, total_steps=self.total_steps,
                              skipped=list(self.dataset.skipped))
         self.log("start", step=step, total_steps=self.total_steps, family=self.family, examples=len(self.dataset),
@@ -576,14 +589,16 @@ class LoraTrainer:
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; try a lower "
                                                  "learning rate or bf16 / no mixed precision")
-                    self.accelerator.backward(loss / accumulation)
+                    with record_function("backward"):
+                        self.accelerator.backward(loss / accumulation)
                 losses.append(float(loss.detach()))
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            if config.max_grad_norm > 0:
-                self.accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            with record_function("optimizer"):
+                params = [p for group in self.optimizer.param_groups for p in group["params"]]
+                if config.max_grad_norm > 0:
+                    self.accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
             step += 1
             mean_loss = float(self.accelerator.reduce(torch.tensor([sum(losses) / len(losses)], device=self.device),
                                                       reduction="mean").item())
@@ -601,6 +616,8 @@ class LoraTrainer:
             if step < self.total_steps and (stop_after or self._stop_requested()):
                 result.checkpoint = str(self.save_checkpoint(step))
                 result.status, result.step = "cancelled", step
+                if self.accelerator.is_main_process:
+                    (self.run_path / "STOP").unlink(missing_ok=True)  # honoured; a resume starts clean
                 self.log("cancelled", step=step, checkpoint=result.checkpoint)
                 return result
         result.step = step
