@@ -17,6 +17,12 @@ A minimal extension (a folder under ``extensions/`` with this ``__init__.py``)::
         return {"Family": model.family}
 
 Hooks, with their contracts, are documented in :mod:`webui.hookspecs`.
+
+LoRA training is public too (the built-in Train tab uses only this): :class:`TrainConfig` (the
+JSON config ``python -m webui.train`` reads), :class:`TrainingProcess` (starts ``accelerate
+launch`` in a child process, Cancel, log tail), :func:`read_training_events` (the trainer's
+``progress.jsonl``), ``TrainingConfigError``, ``LR_SCHEDULERS``, ``MIXED_PRECISION``; the
+context's ``lora_dir``, ``datasets_dir`` and ``training_dir`` name the folders.
 """
 
 from __future__ import annotations
