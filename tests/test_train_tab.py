@@ -16,7 +16,7 @@ TRAIN_ARGS = dict(dataset="subject", model="tiny", output_name="tab_lora", insta
                   prior=False, class_prompt="", num_class=0, resolution=64, rank=4, alpha=4, learning_rate=1e-3,
                   scheduler="constant", warmup=0, max_steps=4, epochs=1, batch_size=1, accumulation=1,
                   checkpoint_every=2, keep=2, mixed_precision="no", checkpointing=False, adam8=False,
-                  text_encoder=False, min_snr=0, noise_offset=0, seed=7, random_flip=False, center_crop=True,
+                  text_encoder=False, min_snr=0, noise_offset=0, seed=7, random_flip=False, center_crop=True, bucketing=False,
                   validation_prompts="a photo of sks thing", validation_every=0)
 
 

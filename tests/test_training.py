@@ -240,3 +240,21 @@ def test_dreambooth_prior_preservation_text_encoder_bf16_checkpointing(tmp_path)
     config.resume = False
     train(config)
     assert [path.stat().st_mtime_ns for path in sorted((tmp_path / "run" / "class_images").glob("*.png"))] == stamps
+
+
+def test_aspect_ratio_bucketing_sdxl(tmp_path):
+    from webui.training.trainer import LoraTrainer
+
+    folder = make_images(tmp_path / "data", count=4, size=(96, 64))  # landscape
+    for i in range(4):
+        Image.fromarray(np.full((96, 48, 3), 40 * i, np.uint8)).save(folder / f"tall{i}.png")  # portrait
+        (folder / f"tall{i}.txt").write_text(f"a tall thing {i}")
+    config = config_for(tmp_path, model="tiny-sdxl", bucketing=True, batch_size=2, max_steps=3, eval_examples=8)
+    trainer = LoraTrainer(config)
+    result = trainer.run()
+    assert result.status == "done" and np.isfinite(result.eval_loss_end)
+    for draw in range(8):
+        batch = trainer.batch_examples(draw)
+        assert len({trainer.bucket_of(example) for example, _, _ in batch}) == 1
+    shapes = {tuple(latents.shape) for latents, *_ in trainer._latent_cache.values()}
+    assert shapes == {(4, 6, 10), (4, 10, 6)}  # 80x48 and 48x80 buckets, latents at 1/8

@@ -160,6 +160,7 @@ def render_train_tab(ui: UIContext) -> None:
     with gr.Row():
         random_flip = gr.Checkbox(value=False, label="Random flip")
         center_crop = gr.Checkbox(value=True, label="Center crop")
+        bucketing = gr.Checkbox(value=False, label="Aspect-ratio bucketing")
         validation_prompts = gr.Textbox(value="", label="Validation prompts (one a line)", lines=2, scale=3)
         validation_every = gr.Number(value=0, precision=0, label="Validate every N steps (0 = at the end)")
     with gr.Row():
@@ -175,7 +176,7 @@ def render_train_tab(ui: UIContext) -> None:
     def build_config(dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class,
                      resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
                      accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
-                     min_snr, noise_offset, seed, random_flip, center_crop, validation_prompts, validation_every,
+                     min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every,
                      resume_run: bool) -> TrainConfig:
         name = (output_name or "").strip()
         config = TrainConfig(
@@ -191,7 +192,7 @@ def render_train_tab(ui: UIContext) -> None:
             mixed_precision=mixed_precision, gradient_checkpointing=bool(checkpointing), use_8bit_adam=bool(adam8),
             train_text_encoder=bool(text_encoder), min_snr_gamma=float(min_snr or 0),
             noise_offset=float(noise_offset or 0), seed=int(seed), random_flip=bool(random_flip),
-            center_crop=bool(center_crop),
+            center_crop=bool(center_crop), bucketing=bool(bucketing),
             validation_prompts=[line.strip() for line in (validation_prompts or "").splitlines() if line.strip()],
             validation_every=int(validation_every or 0), resume=resume_run,
             device="auto",
@@ -239,23 +240,23 @@ def render_train_tab(ui: UIContext) -> None:
     def start_run(dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class,
                   resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
                   accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
-                  min_snr, noise_offset, seed, random_flip, center_crop, validation_prompts, validation_every):
+                  min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every):
         """Start a fresh training run and follow it to the end."""
         yield from launch(False, dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt,
                           num_class, resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs,
                           batch_size, accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8,
-                          text_encoder, min_snr, noise_offset, seed, random_flip, center_crop, validation_prompts,
+                          text_encoder, min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts,
                           validation_every)
 
     def resume_run(dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class,
                    resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
                    accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
-                   min_snr, noise_offset, seed, random_flip, center_crop, validation_prompts, validation_every):
+                   min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every):
         """Continue the run of this LoRA name from its latest checkpoint."""
         yield from launch(True, dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt,
                           num_class, resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs,
                           batch_size, accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8,
-                          text_encoder, min_snr, noise_offset, seed, random_flip, center_crop, validation_prompts,
+                          text_encoder, min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts,
                           validation_every)
 
     def cancel_run() -> str:
@@ -269,7 +270,7 @@ def render_train_tab(ui: UIContext) -> None:
     inputs = [dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class, resolution,
               rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size, accumulation,
               checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder, min_snr, noise_offset, seed,
-              random_flip, center_crop, validation_prompts, validation_every]
+              random_flip, center_crop, bucketing, validation_prompts, validation_every]
     outputs = [progress, loss_plot, gallery, log_box]
     start.click(start_run, inputs=inputs, outputs=outputs, api_name="train_start", concurrency_id="training")
     resume.click(resume_run, inputs=inputs, outputs=outputs, api_name="train_resume", concurrency_id="training")

@@ -47,6 +47,7 @@ class TrainConfig:
     resolution: int = 512
     center_crop: bool = True
     random_flip: bool = False
+    bucketing: bool = False             # aspect-ratio buckets of about resolution**2 pixels instead of squares
     # LoRA
     rank: int = 16
     alpha: float = 16.0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ class Example:
     path: Path
     caption: str
     repeats: int = 1
+    size: tuple[int, int] | None = None  # (width, height), upright
 
 
 @dataclass
@@ -106,7 +108,7 @@ def _collect(folder: Path, repeats: int, default_caption: str, caption_extension
         try:
             with Image.open(path) as image:
                 image.verify()
-            open_rgb(path)  # verify() misses truncated data; decode once to be sure
+            size = open_rgb(path).size  # verify() misses truncated data; decode once to be sure
         except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, by name
             dataset.skipped.append((str(path.relative_to(dataset.root)), f"{type(exc).__name__}: {exc}"))
             continue
@@ -119,7 +121,7 @@ def _collect(folder: Path, repeats: int, default_caption: str, caption_extension
             caption = instance_prompt or default_caption
         if instance_prompt and use_captions and caption != instance_prompt and instance_prompt not in caption:
             caption = f"{instance_prompt}, {caption}"
-        dataset.examples.append(Example(path=path, caption=caption, repeats=repeats))
+        dataset.examples.append(Example(path=path, caption=caption, repeats=repeats, size=size))
 
 
 def load_dataset(folder: str | Path, caption_extension: str = ".txt", use_captions: bool = True,
@@ -144,20 +146,46 @@ def load_dataset(folder: str | Path, caption_extension: str = ".txt", use_captio
     return dataset
 
 
+def make_buckets(resolution: int, max_ratio: float = 2.0) -> list[tuple[int, int]]:
+    """Aspect-ratio buckets ``(width, height)`` of about ``resolution**2`` pixels, sides in steps of
+    64 (8 below 256 px), aspect ratios up to ``max_ratio``; the square is always one of them."""
+    step = 64 if resolution >= 256 else 8
+    area = resolution * resolution
+    buckets = {(resolution, resolution)}
+    width = step
+    while width <= resolution * max_ratio:
+        height = (area // width) // step * step
+        if height >= step and max(width / height, height / width) <= max_ratio:
+            buckets.add((width, height))
+        width += step
+    return sorted(buckets)
+
+
+def nearest_bucket(size: tuple[int, int] | None, buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is closest to ``size`` (width, height)."""
+    if size is None:
+        return min(buckets, key=lambda b: abs(math.log(b[0] / b[1])))
+    ratio = math.log(size[0] / size[1])
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
+
+
 def image_tensor(image: Image.Image, resolution: int, center_crop: bool, flip: bool,
-                 crop_generator: torch.Generator | None = None) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-    """Resize (shorter side = resolution), crop to a square, maybe flip; returns (CHW in [-1, 1],
-    original size (h, w), crop top-left (top, left)) -- the last two are SDXL's size conditioning."""
+                 crop_generator: torch.Generator | None = None, size: tuple[int, int] | None = None,
+                 ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """Resize to cover the target (``size`` = (width, height), else a ``resolution`` square), crop
+    to it, maybe flip; returns (CHW in [-1, 1], original size (h, w), crop top-left (top, left)) --
+    the last two are SDXL's size conditioning."""
+    target_w, target_h = size or (resolution, resolution)
     original = (image.height, image.width)
-    scale = resolution / min(image.width, image.height)
-    width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+    scale = max(target_w / image.width, target_h / image.height)
+    width, height = max(target_w, round(image.width * scale)), max(target_h, round(image.height * scale))
     image = image.resize((width, height), Image.Resampling.BICUBIC)
     if center_crop or crop_generator is None:
-        top, left = (height - resolution) // 2, (width - resolution) // 2
+        top, left = (height - target_h) // 2, (width - target_w) // 2
     else:
-        top = int(torch.randint(0, height - resolution + 1, (1,), generator=crop_generator))
-        left = int(torch.randint(0, width - resolution + 1, (1,), generator=crop_generator))
-    image = image.crop((left, top, left + resolution, top + resolution))
+        top = int(torch.randint(0, height - target_h + 1, (1,), generator=crop_generator))
+        left = int(torch.randint(0, width - target_w + 1, (1,), generator=crop_generator))
+    image = image.crop((left, top, left + target_w, top + target_h))
     if flip:
         image = ImageOps.mirror(image)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from webui.training.config import TEXT_ENCODER_TARGETS, ConfigError, TrainConfig, atomic_write_bytes
-from webui.training.dataset import Dataset, image_tensor, load_dataset, open_rgb
+from webui.training.dataset import Dataset, image_tensor, load_dataset, make_buckets, nearest_bucket, open_rgb
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,9 @@ class LoraTrainer:
             self.log("skipped", files=[{"file": name, "reason": why} for name, why in self.dataset.skipped])
             for name, why in self.dataset.skipped:
                 log.warning("Skipped %s: %s", name, why)
+        square = (config.resolution, config.resolution)
+        self.buckets = make_buckets(config.resolution) if config.bucketing else [square]
+        self._epoch_plans: dict[int, list[list[int]]] = {}
         self.pipe, self.family = load_base(config)
         pipe = self.pipe
         pipe.set_progress_bar_config(disable=True)
@@ -201,6 +204,9 @@ class LoraTrainer:
         global_batch = config.batch_size * self.accelerator.num_processes * config.gradient_accumulation_steps
         if config.max_steps > 0:
             self.total_steps = config.max_steps
+        elif config.bucketing:
+            per_step = self.accelerator.num_processes * config.gradient_accumulation_steps
+            self.total_steps = max(1, math.ceil(config.epochs * len(self._epoch_plan(0)) / per_step))
         else:
             self.total_steps = max(1, math.ceil(config.epochs * self.examples_per_epoch / global_batch))
         from diffusers.optimization import get_scheduler
@@ -296,15 +302,22 @@ class LoraTrainer:
                 self._text_cache[caption] = {k: v[i: i + 1].detach() for k, v in encoded.items()}
         return {key: torch.cat([self._text_cache[c][key] for c in captions]) for key in self._text_cache[captions[0]]}
 
+    def bucket_of(self, example) -> tuple[int, int]:
+        """(width, height) this example trains at."""
+        if not self.config.bucketing:
+            return (self.config.resolution, self.config.resolution)
+        return nearest_bucket(example.size, self.buckets)
+
     @torch.no_grad()
     def _encode_image(self, example, flip: bool, crop_generator: torch.Generator | None):
+        bucket = self.bucket_of(example)
         pixels, original, crop = image_tensor(open_rgb(example.path), self.config.resolution,
-                                              self.config.center_crop, flip, crop_generator)
+                                              self.config.center_crop, flip, crop_generator, size=bucket)
         vae = self.pipe.vae
         latents = vae.encode(pixels[None].to(self.device, torch.float32)).latent_dist.mode()
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         latents = (latents - shift) * vae.config.scaling_factor
-        return latents[0], original, crop
+        return latents[0], original, crop, (bucket[1], bucket[0])
 
     def latents_of(self, example, flip: bool, crop_generator: torch.Generator | None):
         key = (str(example.path), flip)
@@ -314,9 +327,48 @@ class LoraTrainer:
             return self._latent_cache[key]
         return self._encode_image(example, flip, crop_generator)
 
+    def _epoch_plan(self, epoch: int) -> list[list[int]]:
+        """Bucketing: the batches (expanded-list positions, one bucket each) of one epoch, shuffled;
+        a bucket's last incomplete batch is dropped."""
+        if epoch not in self._epoch_plans:
+            config = self.config
+            expanded = self.dataset.expanded()
+            order = torch.randperm(len(expanded), generator=_draw_generator(config, 1, epoch)).tolist()
+            queues: dict[tuple[int, int], list[int]] = {}
+            batches: list[list[int]] = []
+            for position in order:
+                queue = queues.setdefault(self.bucket_of(self.dataset.examples[expanded[position]]), [])
+                queue.append(position)
+                if len(queue) == config.batch_size:
+                    batches.append(list(queue))
+                    queue.clear()
+            shuffle = torch.randperm(len(batches), generator=_draw_generator(config, 5, epoch)).tolist()
+            self._epoch_plans[epoch] = [batches[i] for i in shuffle]
+            if not batches:
+                raise ConfigError(f"No aspect-ratio bucket holds {config.batch_size} images; lower the batch "
+                                  "size or turn bucketing off")
+        return self._epoch_plans[epoch]
+
+    def _bucketed_examples(self, draw: int) -> list[tuple[Any, bool, torch.Generator]]:
+        config = self.config
+        expanded = self.dataset.expanded()
+        number = draw * self.accelerator.num_processes + self.accelerator.process_index
+        epoch = 0
+        while number >= len(self._epoch_plan(epoch)):
+            number -= len(self._epoch_plan(epoch))
+            epoch += 1
+        chosen = []
+        for position in self._epoch_plan(epoch)[number]:
+            pick = _draw_generator(config, 2, epoch, position)
+            flip = bool(config.random_flip and torch.rand((), generator=pick).item() < 0.5)
+            chosen.append((self.dataset.examples[expanded[position]], flip, pick))
+        return chosen
+
     def batch_examples(self, draw: int) -> list[tuple[Any, bool, torch.Generator]]:
         """The examples of this process for global draw number ``draw`` (deterministic)."""
         config = self.config
+        if config.bucketing:
+            return self._bucketed_examples(draw)
         order_len = self.examples_per_epoch
         expanded = self.dataset.expanded()
         global_batch = config.batch_size * self.accelerator.num_processes
@@ -332,9 +384,8 @@ class LoraTrainer:
 
     # --- loss ----------------------------------------------------------------------------
 
-    def _sdxl_time_ids(self, originals, crops) -> torch.Tensor:
-        res = self.config.resolution
-        rows = [list(original) + list(crop) + [res, res] for original, crop in zip(originals, crops)]
+    def _sdxl_time_ids(self, originals, crops, targets) -> torch.Tensor:
+        rows = [list(original) + list(crop) + list(target) for original, crop, target in zip(originals, crops, targets)]
         return torch.tensor(rows, dtype=self.weight_dtype, device=self.device)
 
     def loss_of(self, examples: list[tuple[Any, bool, torch.Generator]], generator: torch.Generator,
@@ -379,7 +430,8 @@ class LoraTrainer:
         if self.family == "sdxl":
             kwargs["added_cond_kwargs"] = {"text_embeds": cond["pooled"],
                                            "time_ids": self._sdxl_time_ids([e[1] for e in encoded],
-                                                                           [e[2] for e in encoded])}
+                                                                           [e[2] for e in encoded],
+                                                                           [e[3] for e in encoded])}
         with self.accelerator.autocast():
             pred = model(noisy.to(self.weight_dtype), timesteps, cond["embeds"], return_dict=False, **kwargs)[0]
         per_example = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
@@ -400,9 +452,12 @@ class LoraTrainer:
         was_training = model.training
         model.eval()
         total = 0.0
+        # with buckets the examples differ in shape: one at a time (each its own fixed generator)
+        groups = [[example] for example in examples] if self.config.bucketing else [examples]
         for repeat in range(2):
-            per_example, _ = self.loss_of(examples, _draw_generator(self.config, 99, repeat), model=model)
-            total += float(per_example.mean())
+            for index, group in enumerate(groups):
+                per_example, _ = self.loss_of(group, _draw_generator(self.config, 99, repeat, index), model=model)
+                total += float(per_example.mean()) / len(groups)
         model.train(was_training)
         return total / 2
 
