@@ -89,7 +89,8 @@ def test_extension_controls_reach_the_request(tmp_path):
         def before_generation(self, request, model):
             seen.append(request.extras.get("stamp.text"))
 
-    context = create_context(make_options(tmp_path, extra_plugins={"stamp": Stamp()}))
+    # the built-in lora controls are left out so that the stamp is the only extension argument
+    context = create_context(make_options(tmp_path, extra_plugins={"stamp": Stamp()}, disabled_extensions={"lora"}))
     blocks = create_blocks(context)
     port = free_port()
     launch_blocks(blocks, context, port=port, block=False)

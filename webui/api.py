@@ -17,6 +17,12 @@ A minimal extension (a folder under ``extensions/`` with this ``__init__.py``)::
         return {"Family": model.family}
 
 Hooks, with their contracts, are documented in :mod:`webui.hookspecs`.
+
+LoRA training is public too (the built-in Train tab uses only this): :class:`TrainConfig` (the
+JSON config ``python -m webui.train`` reads), :class:`TrainingProcess` (starts ``accelerate
+launch`` in a child process, Cancel, log tail), :func:`read_training_events` (the trainer's
+``progress.jsonl``), ``TrainingConfigError``, ``LR_SCHEDULERS``, ``MIXED_PRECISION``; the
+context's ``lora_dir``, ``datasets_dir`` and ``training_dir`` name the folders.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ from webui.pipelines.manager import LoadedModel
 from webui.pipelines.schedulers import SAMPLERS, SCHEDULE_TYPES, make_scheduler, samplers_for, schedule_types_for
 from webui.pipelines.sources import ModelSource
 from webui.plugins import API_VERSION
+from webui.training.config import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
+from webui.training.config import ConfigError as TrainingConfigError
+from webui.training.launch import TrainingProcess
+from webui.training.launch import read_events as read_training_events
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
@@ -124,6 +134,8 @@ __all__ = [
     "FAMILIES",
     "FAMILY_LABELS",
     "GenerationError",
+    "LR_SCHEDULERS",
+    "MIXED_PRECISION",
     "GenerationRequest",
     "GenerationResult",
     "ImageRecord",
@@ -136,6 +148,9 @@ __all__ = [
     "SCHEDULE_TYPES",
     "Setting",
     "Tab",
+    "TrainConfig",
+    "TrainingConfigError",
+    "TrainingProcess",
     "UIContext",
     "build_infotext",
     "hookimpl",
@@ -143,6 +158,7 @@ __all__ = [
     "parse_infotext",
     "prompt_arguments",
     "read_infotext",
+    "read_training_events",
     "resolve_seed",
     "samplers_for",
     "schedule_types_for",

@@ -28,6 +28,21 @@ class EaselContext:
     default_model: str = "tiny"
     max_side: int = 2048
 
+    @property
+    def lora_dir(self) -> Path:
+        """Where LoRA files live and trained LoRAs are written (``<models>/Lora``, A1111 layout)."""
+        return self.models_dir / "Lora"
+
+    @property
+    def datasets_dir(self) -> Path:
+        """The only folder the Train tab takes datasets from (``<data-dir>/datasets``)."""
+        return self.data_dir / "datasets"
+
+    @property
+    def training_dir(self) -> Path:
+        """Run folders of training jobs: checkpoints, logs, progress (``<data-dir>/training``)."""
+        return self.data_dir / "training"
+
     def generate(self, request: GenerationRequest, job: Job | None = None) -> GenerationResult:
         """Run a txt2img job through the shared generation path."""
         from webui.generation import run_generation

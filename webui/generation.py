@@ -135,7 +135,7 @@ def run_generation(context: "EaselContext", request: GenerationRequest, job: Job
             raise RequestError("A refiner model cannot draw from a prompt alone: choose an SDXL base model "
                                "and pick this one as its refiner")
         try:
-            context.plugins.call("before_generation", request=request, model=model)
+            context.plugins.call("before_generation", request=request, model=model, context=context)
             _run_batches(context, request, model, job, result)
         except EaselError:
             raise

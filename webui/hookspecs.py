@@ -78,12 +78,15 @@ def configure_pipeline(model, context):
 
 
 @hookspec
-def before_generation(request, model):
+def before_generation(request, model, context):
     """Called before every generation, with the device lock held.
 
     ``request`` is the :class:`webui.api.GenerationRequest` (validated, seeds not yet
-    drawn); ``model`` the :class:`webui.api.LoadedModel` about to run it. An extension
-    may adjust ``request.extras`` or the pipeline for this one job. Returns nothing.
+    drawn); ``model`` the :class:`webui.api.LoadedModel` about to run it; ``context`` the
+    app's :class:`webui.api.EaselContext` (folders, settings). An extension may adjust
+    ``request`` (e.g. strip its own prompt syntax before the prompt is encoded),
+    ``request.extras`` or the pipeline for this one job; undo pipeline changes in
+    ``after_generation``, which always follows. Returns nothing.
     """
 
 

@@ -33,7 +33,7 @@ from webui.errors import ExtensionError
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "easel.extensions"
-BUILTIN_EXTENSIONS = ("txt2img", "extensions_page", "background")
+BUILTIN_EXTENSIONS = ("txt2img", "extensions_page", "background", "lora", "train")
 API_VERSION = "1.0"
 
 

@@ -1,0 +1,279 @@
+"""Train: the LoRA training tab (DreamBooth or a captioned dataset), written only against webui.api.
+
+A run trains in its own process (``accelerate launch -m webui.train``), so the UI stays
+responsive; the tab follows the trainer's progress file: step and epoch, a loss plot,
+validation images, and the log tail when the run fails. Cancel asks the trainer to save a
+checkpoint and stop; Resume continues from the latest checkpoint. The finished LoRA lands
+in ``models/Lora/`` and shows up in txt2img's LoRA picker.
+
+Datasets are picked from the folders inside ``<data-dir>/datasets`` only; the UI never takes
+a path.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from webui.api import (
+    LR_SCHEDULERS,
+    MIXED_PRECISION,
+    Setting,
+    Tab,
+    TrainConfig,
+    TrainingConfigError,
+    TrainingProcess,
+    UIContext,
+    hookimpl,
+)
+
+EASEL_API_VERSION = "1.0"
+POLL_SECONDS = 1.0
+SCOPE = "train"
+
+
+@hookimpl
+def register_settings(register):
+    """How many processes ``accelerate launch`` starts (1 = one GPU or the CPU)."""
+    register(Setting(key="train.num_processes", label="Training processes (accelerate launch --num_processes)",
+                     default=1, kind="int", minimum=1, maximum=64, section="Training",
+                     help="More than 1 trains data-parallel on several GPUs (or CPU processes with gloo)"))
+
+
+@hookimpl
+def register_tabs(register):
+    """The Train tab, after txt2img."""
+    register(Tab(id="train", label="Train", render=render_train_tab, order=40))
+
+
+def list_datasets(datasets_dir: Path) -> list[str]:
+    """Names of the dataset folders (direct subfolders of the datasets folder)."""
+    if not Path(datasets_dir).is_dir():
+        return []
+    return sorted(p.name for p in Path(datasets_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def dataset_path(datasets_dir: Path, name: str) -> Path:
+    """The folder of a listed dataset; anything not listed is refused (no arbitrary paths)."""
+    if not name or name not in list_datasets(datasets_dir):
+        raise TrainingConfigError(f"Pick a dataset folder inside {datasets_dir} (got {name!r})")
+    return Path(datasets_dir) / name
+
+
+def summarize(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the tab shows, from the trainer's events."""
+    summary: dict[str, Any] = {"status": "starting", "step": 0, "total": None, "epoch": 0.0, "losses": [],
+                               "images": [], "skipped": [], "message": "", "eval": []}
+    for event in events:
+        kind = event.get("event")
+        if kind == "start":
+            summary.update(status="running", total=event.get("total_steps"), step=event.get("step", 0))
+        elif kind == "step":
+            summary.update(step=event["step"], total=event.get("total_steps"), epoch=event.get("epoch", 0.0))
+            summary["losses"].append((event["step"], event["loss"]))
+        elif kind == "eval":
+            summary["eval"].append((event["step"], event["loss"]))
+        elif kind == "validation":
+            summary["images"] = [(path, f"step {event['step']}: {prompt}")
+                                 for path, prompt in zip(event.get("images", []), event.get("prompts", []))]
+        elif kind == "skipped":
+            summary["skipped"] = [f"{item['file']} ({item['reason']})" for item in event.get("files", [])]
+        elif kind == "class_images":
+            summary["message"] = f"Generating {event['want'] - event['have']} class images…"
+        elif kind in ("done", "cancelled", "error"):
+            summary["status"] = kind
+            summary["message"] = event.get("message") or event.get("output") or event.get("checkpoint") or ""
+    return summary
+
+
+def progress_text(summary: dict[str, Any], name: str) -> str:
+    status = summary["status"]
+    total = summary["total"] or "?"
+    line = f"**{status}** · step {summary['step']}/{total} · epoch {summary['epoch']:.2f}"
+    if summary["losses"]:
+        line += f" · loss {summary['losses'][-1][1]:.4f}"
+    if summary["eval"]:
+        line += " · eval loss " + " → ".join(f"{loss:.4f}" for _, loss in summary["eval"])
+    if summary["message"]:
+        line += f"\n\n{summary['message']}"
+    if status == "done":
+        line += f"\n\nLoRA **{name}** saved; pick it in txt2img (LoRA) or write `<lora:{name}:1>`."
+    if status == "cancelled":
+        line += "\n\nStopped; the last checkpoint is kept — **Resume** continues from it."
+    if summary["skipped"]:
+        line += "\n\nSkipped (unreadable): " + ", ".join(summary["skipped"])
+    return line
+
+
+def render_train_tab(ui: UIContext) -> None:
+    """Build the Train tab."""
+    import gradio as gr
+    import pandas as pd
+
+    context = ui.context
+    context.datasets_dir.mkdir(parents=True, exist_ok=True)
+    last = ui.last_used(SCOPE)
+    runs: dict[str, TrainingProcess] = {}
+    models = [source.name for source in context.list_models()
+              if (context.family_of(source.name) or "sd1") in ("sd1", "sd2", "sdxl", "sd3")]
+
+    gr.Markdown(f"Train a LoRA on a folder of images from `{context.datasets_dir}` (captions in `.txt` files, "
+                "a `metadata.jsonl`, or kohya `<repeats>_<name>` folders; or DreamBooth with an instance prompt).")
+    with gr.Row():
+        dataset = gr.Dropdown(choices=list_datasets(context.datasets_dir), value=None, label="Dataset folder",
+                              elem_id="train-dataset", scale=3, allow_custom_value=True)  # checked by dataset_path
+        refresh = gr.Button("Refresh", scale=0, min_width=80)
+        model = gr.Dropdown(choices=models, value=last.get("model", context.default_model), label="Base model",
+                            elem_id="train-model", scale=3)
+        output_name = gr.Textbox(value=last.get("output_name", "my_lora"), label="LoRA name", elem_id="train-name",
+                                 scale=2)
+    with gr.Row():
+        instance_prompt = gr.Textbox(value=last.get("instance_prompt", ""), label="Instance prompt (DreamBooth)",
+                                     placeholder="a photo of sks dog", scale=3)
+        use_captions = gr.Checkbox(value=last.get("use_captions", True), label="Use captions")
+        prior = gr.Checkbox(value=False, label="Prior preservation")
+        class_prompt = gr.Textbox(value="", label="Class prompt", placeholder="a photo of a dog", scale=2)
+        num_class = gr.Number(value=50, precision=0, label="Class images")
+    with gr.Row():
+        resolution = gr.Number(value=last.get("resolution", 512), precision=0, label="Resolution")
+        rank = gr.Number(value=last.get("rank", 16), precision=0, label="Rank")
+        alpha = gr.Number(value=last.get("alpha", 16), label="Alpha")
+        learning_rate = gr.Number(value=last.get("learning_rate", 1e-4), label="Learning rate")
+        scheduler = gr.Dropdown(choices=list(LR_SCHEDULERS), value="constant", label="LR scheduler")
+        warmup = gr.Number(value=0, precision=0, label="Warm-up steps")
+    with gr.Row():
+        max_steps = gr.Number(value=last.get("max_steps", 500), precision=0, label="Steps (0 = use epochs)")
+        epochs = gr.Number(value=1, precision=0, label="Epochs")
+        batch_size = gr.Number(value=1, precision=0, label="Batch size")
+        accumulation = gr.Number(value=1, precision=0, label="Gradient accumulation")
+        checkpoint_every = gr.Number(value=100, precision=0, label="Checkpoint every N steps")
+        keep = gr.Number(value=3, precision=0, label="Keep last K checkpoints")
+    with gr.Row():
+        mixed_precision = gr.Dropdown(choices=list(MIXED_PRECISION), value="no", label="Mixed precision")
+        checkpointing = gr.Checkbox(value=False, label="Gradient checkpointing")
+        adam8 = gr.Checkbox(value=False, label="8-bit AdamW (CUDA + bitsandbytes)")
+        text_encoder = gr.Checkbox(value=False, label="Train text encoder")
+        min_snr = gr.Number(value=0, label="Min-SNR gamma (0 = off)")
+        noise_offset = gr.Number(value=0, label="Noise offset")
+        seed = gr.Number(value=42, precision=0, label="Seed")
+    with gr.Row():
+        random_flip = gr.Checkbox(value=False, label="Random flip")
+        center_crop = gr.Checkbox(value=True, label="Center crop")
+        bucketing = gr.Checkbox(value=False, label="Aspect-ratio bucketing")
+        validation_prompts = gr.Textbox(value="", label="Validation prompts (one a line)", lines=2, scale=3)
+        validation_every = gr.Number(value=0, precision=0, label="Validate every N steps (0 = at the end)")
+    with gr.Row():
+        start = gr.Button("Start", variant="primary", elem_id="train-start")
+        cancel = gr.Button("Cancel", elem_id="train-cancel")
+        resume = gr.Button("Resume", elem_id="train-resume")
+    progress = gr.Markdown("", elem_id="train-progress")
+    loss_plot = gr.LinePlot(value=pd.DataFrame({"step": [], "loss": []}), x="step", y="loss", title="Training loss",
+                            elem_id="train-loss")
+    gallery = gr.Gallery(label="Validation images", columns=4, elem_id="train-validation", interactive=False)
+    log_box = gr.Textbox(label="Log (tail)", lines=8, visible=True, interactive=False, elem_id="train-log")
+
+    def build_config(dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class,
+                     resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
+                     accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
+                     min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every,
+                     resume_run: bool) -> TrainConfig:
+        name = (output_name or "").strip()
+        config = TrainConfig(
+            model=model or context.default_model, models_dir=str(context.models_dir),
+            dataset_dir=str(dataset_path(context.datasets_dir, dataset)), output_name=name,
+            run_dir=str(context.training_dir / name) if name and "/" not in name and "\\" not in name else "",
+            instance_prompt=instance_prompt or "", use_captions=bool(use_captions),
+            prior_preservation=bool(prior), class_prompt=class_prompt or "", num_class_images=int(num_class or 0),
+            resolution=int(resolution), rank=int(rank), alpha=float(alpha), learning_rate=float(learning_rate),
+            lr_scheduler=scheduler, lr_warmup_steps=int(warmup or 0), max_steps=int(max_steps or 0),
+            epochs=int(epochs or 0), batch_size=int(batch_size), gradient_accumulation_steps=int(accumulation),
+            checkpoint_every=int(checkpoint_every or 0), keep_checkpoints=int(keep or 1),
+            mixed_precision=mixed_precision, gradient_checkpointing=bool(checkpointing), use_8bit_adam=bool(adam8),
+            train_text_encoder=bool(text_encoder), min_snr_gamma=float(min_snr or 0),
+            noise_offset=float(noise_offset or 0), seed=int(seed), random_flip=bool(random_flip),
+            center_crop=bool(center_crop), bucketing=bool(bucketing),
+            validation_prompts=[line.strip() for line in (validation_prompts or "").splitlines() if line.strip()],
+            validation_every=int(validation_every or 0), resume=resume_run,
+            device="auto",
+        )
+        config.validate()
+        return config
+
+    def follow(process: TrainingProcess, name: str):
+        """Yield the tab's outputs until the training process ends."""
+        while True:
+            alive = process.running
+            summary = summarize(process.events())
+            frame = pd.DataFrame({"step": [s for s, _ in summary["losses"]],
+                                  "loss": [loss for _, loss in summary["losses"]]})
+            if not alive:
+                if summary["status"] not in ("done", "cancelled"):
+                    summary["status"] = "failed"
+                    summary["message"] = (summary["message"] or f"the trainer exited with code {process.returncode}")
+                    tail = process.log_tail(60)
+                    yield progress_text(summary, name), frame, summary["images"], tail
+                    raise gr.Error(f"Training failed: {summary['message']}", print_exception=False)
+                yield progress_text(summary, name), frame, summary["images"], ""
+                return
+            yield progress_text(summary, name), frame, summary["images"], gr.skip()
+            time.sleep(POLL_SECONDS)
+
+    def launch(resume_run: bool, *values):
+        try:
+            config = build_config(*values, resume_run=resume_run)
+        except (TrainingConfigError, ValueError, TypeError) as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        name = config.output_name
+        current = runs.get("current")
+        if current is not None and current.running:
+            raise gr.Error("A training run is already going; cancel it first.", print_exception=False)
+        ui.remember(SCOPE, {"model": config.model, "output_name": name, "instance_prompt": config.instance_prompt,
+                            "use_captions": config.use_captions, "resolution": config.resolution,
+                            "rank": config.rank, "alpha": config.alpha, "learning_rate": config.learning_rate,
+                            "max_steps": config.max_steps})
+        process = TrainingProcess(config, num_processes=int(context.settings.get("train.num_processes", 1)))
+        process.start(fresh=not resume_run)
+        runs["current"] = process
+        yield from follow(process, name)
+
+    def start_run(dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class,
+                  resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
+                  accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
+                  min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every):
+        """Start a fresh training run and follow it to the end."""
+        yield from launch(False, dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt,
+                          num_class, resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs,
+                          batch_size, accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8,
+                          text_encoder, min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts,
+                          validation_every)
+
+    def resume_run(dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class,
+                   resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
+                   accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
+                   min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every):
+        """Continue the run of this LoRA name from its latest checkpoint."""
+        yield from launch(True, dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt,
+                          num_class, resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs,
+                          batch_size, accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8,
+                          text_encoder, min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts,
+                          validation_every)
+
+    def cancel_run() -> str:
+        """Ask the running trainer to save a checkpoint and stop."""
+        process = runs.get("current")
+        if process is None or not process.running:
+            return "Nothing is training."
+        process.cancel()
+        return "Stopping after the current step (a checkpoint is saved)…"
+
+    inputs = [dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class, resolution,
+              rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size, accumulation,
+              checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder, min_snr, noise_offset, seed,
+              random_flip, center_crop, bucketing, validation_prompts, validation_every]
+    outputs = [progress, loss_plot, gallery, log_box]
+    start.click(start_run, inputs=inputs, outputs=outputs, api_name="train_start", concurrency_id="training")
+    resume.click(resume_run, inputs=inputs, outputs=outputs, api_name="train_resume", concurrency_id="training")
+    cancel.click(cancel_run, outputs=progress, api_name="train_cancel", queue=False)
+    refresh.click(lambda current: gr.update(choices=list_datasets(context.datasets_dir), value=current),
+                  inputs=dataset, outputs=dataset, api_name=False, queue=False)

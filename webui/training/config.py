@@ -1,0 +1,162 @@
+"""The training configuration: one JSON file, written by the Train tab and read by the trainer.
+
+``python -m webui.train --config FILE`` and ``accelerate launch -m webui.train --config FILE``
+read the same file the UI writes (:func:`save_config`). Unknown keys are an error (a typo
+must not silently train with a default), missing keys take the defaults below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+class ConfigError(ValueError):
+    """A training option that cannot work, with a message for the user."""
+
+
+@dataclass
+class TrainConfig:
+    """Every option of one LoRA training run (see the module docstring)."""
+
+    # what to train on
+    model: str = "tiny"                 # a model name Easel lists, a local folder/file, or a hub id
+    models_dir: str = "models"          # resolves model names; the LoRA goes to <models_dir>/Lora/
+    dataset_dir: str = ""
+    output_name: str = "my_lora"
+    run_dir: str = ""                   # checkpoints, logs, progress; default <models_dir>/../training/<name>
+    caption_extension: str = ".txt"
+    instance_prompt: str = ""           # DreamBooth: used for images without a caption (or for all)
+    use_captions: bool = True
+    # prior preservation (DreamBooth)
+    prior_preservation: bool = False
+    class_prompt: str = ""
+    num_class_images: int = 50
+    prior_loss_weight: float = 1.0
+    class_steps: int = 20
+    # images
+    resolution: int = 512
+    center_crop: bool = True
+    random_flip: bool = False
+    bucketing: bool = False             # aspect-ratio buckets of about resolution**2 pixels instead of squares
+    # LoRA
+    rank: int = 16
+    alpha: float = 16.0
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    train_text_encoder: bool = False
+    text_encoder_lr: float | None = None
+    # optimisation
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_steps: int = 500                # 0: use epochs
+    epochs: int = 1
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "no"
+    use_8bit_adam: bool = False
+    adam_weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    min_snr_gamma: float = 0.0          # 0: off
+    noise_offset: float = 0.0
+    cache_latents: bool = True
+    cache_text_embeddings: bool = True
+    seed: int = 42
+    # checkpoints, validation
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    resume: bool = True                 # resume from the latest checkpoint of run_dir when there is one
+    stop_after_steps: int = 0           # stop (as Cancel does) after this many steps; for tests and trials
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_every: int = 0           # 0: only at the end (when prompts are given)
+    validation_steps: int = 20
+    validation_seed: int = 1234
+    eval_examples: int = 4              # the fixed evaluation set: first N examples, fixed noise and timesteps
+    save_diffusers_format: bool = False
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if not self.dataset_dir:
+            raise ConfigError("No dataset folder given")
+        if not self.output_name or any(ch in self.output_name for ch in "/\\:") or self.output_name.startswith("."):
+            raise ConfigError(f"Output name {self.output_name!r} must be a plain file name")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISION}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ConfigError(f"lr_scheduler must be one of {LR_SCHEDULERS}")
+        if self.rank < 1:
+            raise ConfigError("rank must be at least 1")
+        if self.resolution < 64 or self.resolution % 8:
+            raise ConfigError("resolution must be a multiple of 8, at least 64")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ConfigError("give max_steps or epochs")
+        if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ConfigError("batch size and gradient accumulation must be at least 1")
+        if self.prior_preservation and not self.class_prompt:
+            raise ConfigError("prior preservation needs a class prompt (e.g. 'a photo of a dog')")
+        if not self.use_captions and not self.instance_prompt:
+            raise ConfigError("without captions an instance prompt is needed")
+
+    @property
+    def lora_dir(self) -> Path:
+        return Path(self.models_dir) / "Lora"
+
+    @property
+    def output_file(self) -> Path:
+        return self.lora_dir / f"{self.output_name}.safetensors"
+
+    @property
+    def run_path(self) -> Path:
+        if self.run_dir:
+            return Path(self.run_dir)
+        return Path(self.models_dir).resolve().parent / "training" / self.output_name
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"Unknown training option(s): {', '.join(unknown)}")
+    return TrainConfig(**data)
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"Cannot read training config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a JSON object")
+    return config_from_dict(data)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    atomic_write_bytes(path, json.dumps(asdict(config), indent=2).encode("utf-8"))
+    return path
