@@ -31,6 +31,18 @@ from webui.context import EaselContext
 from webui.errors import EaselError, ExtensionError, GenerationError
 from webui.hookspecs import PROJECT_NAME
 from webui.infotext import build_infotext, parse_infotext
+from webui.memory import (
+    MAX_OOM_RETRIES,
+    denoiser_of,
+    device_memory,
+    format_size,
+    is_available,
+    module_bytes,
+    option_availability,
+    option_value,
+    parse_size,
+    pipeline_modules,
+)
 from webui.jobs import (
     GenerationRequest,
     GenerationResult,
@@ -128,6 +140,7 @@ __all__ = [
     "ImageRecord",
     "Job",
     "LoadedModel",
+    "MAX_OOM_RETRIES",
     "ModelSource",
     "RefinerOptions",
     "RequestError",
@@ -137,6 +150,15 @@ __all__ = [
     "Tab",
     "UIContext",
     "build_infotext",
+    "denoiser_of",
+    "device_memory",
+    "format_size",
+    "is_available",
+    "module_bytes",
+    "option_availability",
+    "option_value",
+    "parse_size",
+    "pipeline_modules",
     "hookimpl",
     "parse_infotext",
     "read_infotext",
