@@ -79,6 +79,12 @@ def test_xformers_processors_on_cuda(make_context):
 
 # ----- VAE ------------------------------------------------------------------------------------
 
+def test_vae_tile_size_must_be_a_multiple_of_64(context):
+    context.settings.update({"vae.tiling": "on", "vae.tile_size": 100})
+    with pytest.raises(ExtensionError, match="multiple of 64"):
+        context.generate(request())
+
+
 def test_vae_slicing_and_auto_tiling_follow_the_threshold(context):
     context.settings.update({"vae.slicing": True, "vae.tiling": "auto", "vae.tiling_threshold": 96})
     _, small_info = draw(context, width=64, height=64)
@@ -244,9 +250,11 @@ def test_lowvram_flag_maps_onto_options_and_infotext(make_context):
     assert option_value(context, "vae.tiling") == "on" and option_value(context, "vae.slicing") is True
     assert option_value(context, "offload.mode") == ("group-leaf" if torch.cuda.is_available() else "none")
     _, info = draw(context)
-    assert "Memory profile: lowvram" in info and "VAE tiling: on" in info
+    assert "Memory profile: lowvram" in info and "VAE tiling: 256px" in info
     with context.pipelines.use("tiny") as model:
-        assert model.pipeline.vae.use_slicing and model.pipeline.vae.use_tiling
+        vae = model.pipeline.vae
+        assert vae.use_slicing and vae.use_tiling
+        assert vae.tile_sample_min_size == 256 and vae.tile_latent_min_size == 32
     assert not (context.data_dir / "config.json").exists() or "lowvram" not in (
         context.data_dir / "config.json").read_text()
 

@@ -7,7 +7,7 @@ the individual settings say, and is written into every image's infotext as
 
 * ``medvram``: model CPU offload (GPU), VAE slicing, VAE tiling above the threshold.
 * ``lowvram``: group offload at leaf level with CUDA streams (GPU: near-sequential memory at
-  a fraction of its cost), VAE slicing, VAE tiling at every size.
+  a fraction of its cost), VAE slicing, VAE tiling at every size in 256-pixel tiles.
 
 Attention stays on PyTorch SDPA in both: its memory-efficient kernels already avoid the
 full attention matrix that A1111's sliced attention was invented to avoid (sliced
@@ -32,7 +32,8 @@ def preset_table(profile, device):
     if profile == "medvram":
         return {"offload.mode": "model" if gpu else "none", "vae.slicing": True, "vae.tiling": "auto"}
     if profile == "lowvram":
-        return {"offload.mode": "group-leaf" if gpu else "none", "vae.slicing": True, "vae.tiling": "on"}
+        return {"offload.mode": "group-leaf" if gpu else "none", "vae.slicing": True, "vae.tiling": "on",
+                "vae.tile_size": 256}
     return {}
 
 

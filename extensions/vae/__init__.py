@@ -19,6 +19,9 @@ def register_settings(register):
     register(Setting(key="vae.tiling", label="VAE tiling", default="auto", kind="choice",
                      choices=["off", "auto", "on"], section="Memory",
                      help="decode in overlapping tiles; auto: only above the threshold below"))
+    register(Setting(key="vae.tile_size", label="VAE tile size (pixels; 0: the model's own, 512 for SD1.5)",
+                     default=0, kind="int", minimum=0, maximum=4096, section="Memory",
+                     help="smaller tiles: less memory, more seams to blend (multiple of 64)"))
     register(Setting(key="vae.tiling_threshold", label="Auto tiling above (pixels, width or height)",
                      default=1536, kind="int", minimum=64, maximum=16384, section="Memory"))
 
@@ -42,7 +45,14 @@ def configure_pipeline(model, context):
         vae.enable_slicing()
     else:
         vae.disable_slicing()
-    model.extension_state["vae"] = {"slicing": slicing, "tiling": tiling,
+    tile = int(option_value(context, "vae.tile_size") or 0)
+    if tile and tile % 64:
+        raise ExtensionError(f"VAE tile size must be a multiple of 64 pixels, not {tile}")
+    if tile:
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        vae.tile_sample_min_size = tile
+        vae.tile_latent_min_size = tile // factor
+    model.extension_state["vae"] = {"slicing": slicing, "tiling": tiling, "tile": tile,
                                     "threshold": int(option_value(context, "vae.tiling_threshold"))}
 
 
@@ -75,5 +85,5 @@ def infotext_fields(request, model):
     """Record tiled decoding (it changes the image slightly)."""
     state = model.extension_state.get("vae")
     if state and wants_tiling(state, request.width, request.height):
-        return {"VAE tiling": "on"}
+        return {"VAE tiling": f"{state['tile']}px" if state.get("tile") else "on"}
     return None
