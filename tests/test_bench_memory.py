@@ -58,3 +58,36 @@ def test_psnr_and_pillow_heatmap(tmp_path):
     assert peak == 10 and abs(value - 10 * math.log10(255**2 / (100 / 192))) < 1e-6
     path = draw_heatmap(tmp_path / "h.png", "t", [64, 128], {(64, 64): 1, (128, 64): 2, (64, 128): 3, (128, 128): None})
     assert Image.open(path).size[0] > 100
+
+
+@pytest.mark.parametrize("arch, denoiser_millions", [("sd15", 859.5), ("sdxl", 2567.5), ("sd35-medium", 2243.2)])
+def test_real_architectures_for_cuda_have_their_published_sizes(arch, denoiser_millions):
+    """The CUDA benchmark's SD1.5/SDXL/SD3.5 Medium are the real architectures (built without weights here)."""
+    import torch
+    from accelerate import init_empty_weights
+
+    from webui.bench.archs import BUILDERS
+
+    with init_empty_weights():
+        pipe = BUILDERS[arch]()
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    assert abs(sum(p.numel() for p in denoiser.parameters()) / 1e6 - denoiser_millions) < 0.1
+    assert sum(p.numel() for p in pipe.vae.parameters()) / 1e6 > 83  # SD's full-size VAE
+    assert pipe.vae_scale_factor == 8
+    if arch == "sd35-medium":
+        assert pipe.text_encoder_3.config.d_model == 4096 and pipe.text_encoder_3.config.num_layers == 24
+    del pipe
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_cuda_benchmark_lowvram_sd15(tmp_path):
+    """On a GPU: SD1.5 at 512 in the lowest profile stays under 1 GiB allocated (issue 3 target)."""
+    from webui.bench.memory import main
+
+    report = tmp_path / "r.json"
+    assert main(["--device", "cuda", "--arch", "sd15", "--sizes", "512", "--profiles", "none,lowvram",
+                 "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--json", str(report)]) == 0
+    rows = {r["profile"]: r for r in json.loads(report.read_text())["profiles"]}
+    assert rows["lowvram"]["ok"] and rows["lowvram"]["peak_bytes"] <= 1024**3
