@@ -281,3 +281,14 @@ def test_allocator_conf_is_set_before_torch_is_imported():
 def test_settings_page_lists_memory_options(context):
     keys = {spec.key for spec in context.settings.specs if spec.section == "Memory"}
     assert {"attention.backend", "vae.tiling", "offload.mode", "quantization.method", "presets.profile"} <= keys
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU reasons")
+def test_settings_tab_says_why_options_are_unavailable(context):
+    import json as _json
+
+    from webui.app import create_blocks
+
+    blocks = create_blocks(context)
+    text = _json.dumps(blocks.config, default=str)
+    assert "xformers needs CUDA" in text and "offload needs a GPU" in text and "bitsandbytes needs CUDA" in text
