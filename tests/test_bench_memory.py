@@ -56,8 +56,10 @@ def test_psnr_and_pillow_heatmap(tmp_path):
     Image.fromarray(b).save(tmp_path / "b.png")
     value, peak = psnr(str(tmp_path / "a.png"), str(tmp_path / "b.png"))
     assert peak == 10 and abs(value - 10 * math.log10(255**2 / (100 / 192))) < 1e-6
-    path = draw_heatmap(tmp_path / "h.png", "t", [64, 128], {(64, 64): 1, (128, 64): 2, (64, 128): 3, (128, 128): None})
-    assert Image.open(path).size[0] > 100
+    cells = {(64, 64): 1, (128, 64): 2, (64, 128): 3, (128, 128): None}
+    for use_matplotlib in (True, False):
+        path = draw_heatmap(tmp_path / f"h{use_matplotlib}.png", "t", [64, 128], cells, use_matplotlib=use_matplotlib)
+        assert Image.open(path).size[0] > 100
 
 
 @pytest.mark.parametrize("arch, denoiser_millions", [("sd15", 859.5), ("sdxl", 2567.5), ("sd35-medium", 2243.2)])

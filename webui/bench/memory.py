@@ -285,11 +285,14 @@ def matrix_table(profile: str, sides: list[int], cells: dict) -> str:
     return "\n".join(lines)
 
 
-def draw_heatmap(path: pathlib.Path, title: str, sides: list[int], cells: dict) -> pathlib.Path:
+def draw_heatmap(path: pathlib.Path, title: str, sides: list[int], cells: dict,
+                 use_matplotlib: bool = True) -> pathlib.Path:
     """A heatmap PNG (matplotlib when installed, else drawn with Pillow)."""
     values = [v for v in cells.values() if v]
     low, high = (min(values), max(values)) if values else (0, 1)
     try:
+        if not use_matplotlib:
+            raise ImportError("Pillow drawing asked for")
         import matplotlib
 
         matplotlib.use("Agg")
