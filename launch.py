@@ -57,6 +57,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                         help="weights dtype (auto: fp16/bf16 on GPUs, fp32 on the CPU)")
     parser.add_argument("--max-size", type=int, default=2048, help="largest image side allowed (default 2048)")
+    parser.add_argument("--medvram", action="store_true",
+                        help="memory preset as in AUTOMATIC1111: model CPU offload (GPU), sliced attention, "
+                             "VAE slicing and tiling above the threshold")
+    parser.add_argument("--lowvram", action="store_true",
+                        help="lowest-memory preset: sequential offload (GPU), maximal attention slicing, "
+                             "VAE slicing and tiling at every size")
+    parser.add_argument("--vram-budget", metavar="SIZE",
+                        help="GPU memory Easel may use (e.g. 6GB); offload 'auto' picks the mode that fits")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="also list and load .ckpt/.pt pickle checkpoints (they can run arbitrary code)")
     parser.add_argument("--skip-install", action="store_true", help="do not check or install requirements")
@@ -207,6 +215,8 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything can import torch (set-up below never does; serving does).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     args, extra = parse_args(argv)
     if not args.skip_install:
         ensure_usable_interpreter()

@@ -38,6 +38,18 @@ from webui.errors import EaselError, ExtensionError, GenerationError
 from webui.generation import prompt_arguments
 from webui.hookspecs import PROJECT_NAME
 from webui.infotext import build_infotext, parse_infotext
+from webui.memory import (
+    MAX_OOM_RETRIES,
+    denoiser_of,
+    device_memory,
+    format_size,
+    is_available,
+    module_bytes,
+    option_availability,
+    option_value,
+    parse_size,
+    pipeline_modules,
+)
 from webui.jobs import (
     GenerationRequest,
     GenerationResult,
@@ -141,6 +153,7 @@ __all__ = [
     "ImageRecord",
     "Job",
     "LoadedModel",
+    "MAX_OOM_RETRIES",
     "ModelSource",
     "RefinerOptions",
     "RequestError",
@@ -153,6 +166,15 @@ __all__ = [
     "TrainingProcess",
     "UIContext",
     "build_infotext",
+    "denoiser_of",
+    "device_memory",
+    "format_size",
+    "is_available",
+    "module_bytes",
+    "option_availability",
+    "option_value",
+    "parse_size",
+    "pipeline_modules",
     "hookimpl",
     "make_scheduler",
     "parse_infotext",

@@ -37,6 +37,7 @@ class AppOptions:
     entry_points: bool = True
     disabled_extensions: set[str] = field(default_factory=set)
     extra_plugins: dict[str, object] = field(default_factory=dict)  # name -> already imported extension
+    setting_overrides: dict[str, object] = field(default_factory=dict)  # flags like --medvram, not saved
 
 
 def create_context(options: AppOptions) -> EaselContext:
@@ -56,6 +57,8 @@ def create_context(options: AppOptions) -> EaselContext:
         settings.register(setting)
 
     plugins.call("register_settings", register=register_setting)
+    for key, value in options.setting_overrides.items():
+        settings.override(key, value)
 
     context_holder: list[EaselContext] = []
 

@@ -68,6 +68,7 @@ class SettingsStore:
         self._specs: dict[str, Setting] = {}
         self._values: dict[str, Any] = {}
         self._last_used: dict[str, Any] = {}
+        self._overrides: dict[str, Any] = {}
         self._load()
 
     def _load(self) -> None:
@@ -112,10 +113,21 @@ class SettingsStore:
         with self._lock:
             return list(self._specs.values())
 
+    def override(self, key: str, value: Any) -> None:
+        """Use ``value`` for ``key`` during this run without saving it (command-line flags).
+
+        Saving the setting later (``set``/``update``) replaces the override.
+        """
+        with self._lock:
+            self._overrides[key] = value
+
     def get(self, key: str, default: Any = None) -> Any:
-        """The saved value, else the declared default, else ``default``."""
+        """The override, else the saved value, else the declared default, else ``default``."""
         with self._lock:
             spec = self._specs.get(key)
+            if key in self._overrides:
+                value = self._overrides[key]
+                return spec.coerce(value) if spec is not None else value
             if key in self._values:
                 if spec is None:
                     return self._values[key]
@@ -134,6 +146,7 @@ class SettingsStore:
             if spec is not None:
                 value = spec.coerce(value)
             self._values[key] = value
+            self._overrides.pop(key, None)
             self._save()
             return value
 
@@ -145,6 +158,8 @@ class SettingsStore:
                 spec = self._specs.get(key)
                 checked[key] = spec.coerce(value) if spec is not None else value
             self._values.update(checked)
+            for key in checked:
+                self._overrides.pop(key, None)
             self._save()
 
     def last_used(self, scope: str) -> dict[str, Any]:

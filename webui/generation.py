@@ -110,11 +110,62 @@ def _free_memory(device: torch.device) -> None:
 
 
 def run_generation(context: "EaselContext", request: GenerationRequest, job: Job | None = None) -> GenerationResult:
-    """Run one txt2img job; raises :class:`RequestError` / :class:`GenerationError` with user messages."""
+    """Run one txt2img job; raises :class:`RequestError` / :class:`GenerationError` with user messages.
+
+    Out of memory: the memory is freed, the ``out_of_memory`` hooks say which option would
+    help and may switch to a lower-memory profile, in which case the job runs again (at most
+    ``MAX_OOM_RETRIES`` times) on the model reloaded with those settings.
+    """
+    from webui.memory import MAX_OOM_RETRIES
+
     job = job or Job()
     request.validate(context.max_side)
+    retries = 0
+    while True:
+        try:
+            return _run_generation_once(context, request, job)
+        except _OutOfMemory as oom:
+            if oom.retry and retries < MAX_OOM_RETRIES and not job.interrupted:
+                retries += 1
+                log.warning("Out of memory; retrying with a lower-memory profile (%d/%d)", retries, MAX_OOM_RETRIES)
+                context.pipelines.reconfigure()
+                continue
+            raise GenerationError(oom.message) from oom.__cause__
+
+
+class _OutOfMemory(Exception):
+    def __init__(self, message: str, retry: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry = retry
+
+
+def _out_of_memory(context: "EaselContext", request: GenerationRequest, model: "LoadedModel",
+                   exc: BaseException) -> _OutOfMemory:
+    """Free the memory, ask the memory extensions for advice (and a retry), build the message."""
+    _free_memory(model.device)
+    advice: list[str] = []
+    retry = False
+    try:
+        for answer in context.plugins.call("out_of_memory", request=request, model=model, context=context, error=exc):
+            if isinstance(answer, dict):
+                if answer.get("advice"):
+                    advice.append(str(answer["advice"]))
+                retry = retry or bool(answer.get("retry"))
+    except EaselError as refusal:
+        advice.append(str(refusal))
+    _free_memory(model.device)
+    hint = " ".join(advice) or ("Try a smaller size or batch, or a lower-memory profile "
+                                "(--medvram / --lowvram, VAE tiling, CPU offload).")
+    message = (f"Out of memory on {model.device} at {request.width}x{request.height}, batch size "
+               f"{request.batch_size}. {hint} The server is still running.")
+    return _OutOfMemory(message, retry)
+
+
+def _run_generation_once(context: "EaselContext", request: GenerationRequest, job: Job) -> GenerationResult:
     result = GenerationResult()
     started = time.monotonic()
+    oom: _OutOfMemory | None = None
     with context.pipelines.use(request.model) as model:
         if request.sampler not in samplers_for(model.family):
             raise RequestError(
@@ -140,12 +191,8 @@ def run_generation(context: "EaselContext", request: GenerationRequest, job: Job
         except EaselError:
             raise
         except torch.OutOfMemoryError as exc:
-            _free_memory(model.device)
-            raise GenerationError(
-                f"Out of memory on {model.device} at {request.width}x{request.height}, batch size "
-                f"{request.batch_size}. Try a smaller size or batch, or a lower-memory profile "
-                "(--medvram / --lowvram, VAE tiling, CPU offload). The server is still running."
-            ) from exc
+            oom = _out_of_memory(context, request, model, exc)
+            oom.__cause__ = exc
         except Exception as exc:
             log.exception("Generation failed")
             _free_memory(model.device)
@@ -154,6 +201,8 @@ def run_generation(context: "EaselContext", request: GenerationRequest, job: Job
             result.interrupted = job.interrupted
             result.seconds = time.monotonic() - started
             context.plugins.call("after_generation", request=request, model=model, result=result)
+    if oom is not None:
+        raise oom
     return result
 
 

@@ -115,3 +115,42 @@ def infotext_fields(request, model):
     Return a dict of field name to value (None values are left out), or None. Use it to
     record options that change the image, so the image can be reproduced.
     """
+
+
+# ----- memory options (API 1.1) ----------------------------------------------------------
+
+@hookspec
+def option_availability(device, context):
+    """Say which of this extension's option values cannot work on this device, and why.
+
+    ``device`` is the :class:`torch.device` the pipeline manager uses. Return a dict mapping
+    ``"setting.key=value"`` (one value of a choice setting) or ``"setting.key"`` (the whole
+    option) to a short reason for the user, e.g. ``{"attention.backend=xformers": "xformers
+    needs CUDA"}``; return None or ``{}`` when everything is available. The Settings tab shows
+    the reasons, and ``configure_pipeline`` should refuse an unavailable value with
+    :class:`webui.api.ExtensionError` carrying the same reason (never ignore it silently).
+    """
+
+
+@hookspec
+def out_of_memory(request, model, context, error):
+    """A generation ran out of memory; the memory is already freed.
+
+    Called with the :class:`webui.api.GenerationRequest`, the :class:`webui.api.LoadedModel`
+    it ran on, the app context and the ``torch.OutOfMemoryError``. Return None, or a dict
+    with ``"advice"`` (a sentence telling the user which option would help) and optionally
+    ``"retry": True`` when the extension has switched the settings to a lower-memory
+    profile and the job should run again (Easel then reloads the model with the new
+    settings and retries, at most :data:`webui.api.MAX_OOM_RETRIES` times).
+    """
+
+
+@hookspec
+def preset_values(context):
+    """The option values a memory preset imposes right now (``--medvram``, ``--lowvram``).
+
+    Return a dict of setting key to value (or None when no preset is active). Memory
+    extensions read their options through :func:`webui.api.option_value`, which returns a
+    preset's value before the saved setting, so one preset can drive options declared by
+    several extensions without any of them knowing the others.
+    """

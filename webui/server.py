@@ -25,7 +25,20 @@ def options_from_args(args: Any) -> AppOptions:
         max_side=args.max_size,
         allow_pickle=args.allow_pickle,
         disabled_extensions=set(args.disable_extension),
+        setting_overrides=memory_overrides(args),
     )
+
+
+def memory_overrides(args: Any) -> dict[str, Any]:
+    """``--medvram`` / ``--lowvram`` / ``--vram-budget`` as setting overrides for this run."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "lowvram", False):
+        overrides["presets.profile"] = "lowvram"
+    elif getattr(args, "medvram", False):
+        overrides["presets.profile"] = "medvram"
+    if getattr(args, "vram_budget", None):
+        overrides["offload.vram_budget"] = args.vram_budget
+    return overrides
 
 
 def parse_auth(value: str | None) -> list[tuple[str, str]] | None:

@@ -1,1 +1,1 @@
-"""Benchmarks that print figures (run with ``python3 -m webui.bench.<name>``)."""
+"""Benchmarks. ``python -m webui.bench.memory --help`` measures the memory profiles."""

@@ -38,21 +38,32 @@ def _render_settings(context: EaselContext) -> None:
         gr.Markdown("No extension declares settings.")
         return
     components: list[tuple[str, Any]] = []
+    from webui.memory import option_availability
+
+    reasons = option_availability(context)
+
+    def info(spec) -> str | None:
+        """The setting's help plus, for memory options, what is unavailable on this device and why."""
+        notes = [f"{key.split('=', 1)[1] if '=' in key else 'this option'}: {reason}"
+                 for key, reason in reasons.items() if key == spec.key or key.startswith(spec.key + "=")]
+        text = " ".join(filter(None, [spec.help, ("Unavailable here - " + "; ".join(notes)) if notes else ""]))
+        return text or None
+
     for section in sorted({spec.section for spec in specs}):
         with gr.Accordion(section, open=True):
             for spec in [s for s in specs if s.section == section]:
                 value = context.settings.get(spec.key)
                 if spec.kind == "bool":
-                    component = gr.Checkbox(value=bool(value), label=spec.label, info=spec.help or None)
+                    component = gr.Checkbox(value=bool(value), label=spec.label, info=info(spec))
                 elif spec.kind == "choice":
                     component = gr.Dropdown(choices=spec.choices, value=value, label=spec.label,
-                                            info=spec.help or None)
+                                            info=info(spec))
                 elif spec.kind in ("int", "float"):
-                    component = gr.Number(value=value, label=spec.label, info=spec.help or None,
+                    component = gr.Number(value=value, label=spec.label, info=info(spec),
                                           precision=0 if spec.kind == "int" else None,
                                           minimum=spec.minimum, maximum=spec.maximum)
                 else:
-                    component = gr.Textbox(value=value, label=spec.label, info=spec.help or None)
+                    component = gr.Textbox(value=value, label=spec.label, info=info(spec))
                 components.append((spec.key, component))
     status = gr.Markdown()
     save = gr.Button("Apply settings", variant="primary")
