@@ -1,0 +1,65 @@
+"""The demo model's synthetic domain and its classical judge (the yardstick for prompt adherence)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from webui.demo_model.judge import judge
+from webui.demo_model.shapes import HELD_OUT_SHAPES, SHAPES, ShapeSpec, parse_caption, render, sample
+
+
+def test_samples_are_deterministic_and_varied():
+    first = [sample(7, index) for index in range(20)]
+    again = [sample(7, index) for index in range(20)]
+    assert all(np.array_equal(np.asarray(a[0]), np.asarray(b[0])) and a[1] == b[1] for a, b in zip(first, again))
+    assert len({caption for _, caption, _ in first}) == 20
+    assert all(spec.shape not in HELD_OUT_SHAPES for _, _, spec in first)
+    assert all(spec.colour != spec.background for _, _, spec in first)
+
+
+def test_captions_parse_back_to_their_spec():
+    for index in range(200):
+        _, caption, spec = sample(3, index)
+        parsed = parse_caption(caption)
+        assert (parsed.shape, parsed.colour, parsed.background, parsed.size) == (spec.shape, spec.colour,
+                                                                                  spec.background, spec.size)
+        if "center" != spec.position and any(word in caption for word in ("left", "right", "top", "bottom")):
+            assert parsed.position == spec.position
+    assert parse_caption("a small orange circle on an orange background").background == "orange"
+    with pytest.raises(ValueError):
+        parse_caption("a picture of nothing")
+
+
+def test_the_judge_reads_ground_truth_images_correctly():
+    """The measure must be right on perfect images before it can grade a model."""
+    hits = {"colours": 0, "shape": 0, "size": 0}
+    count = 400
+    for index in range(count):
+        image, _, spec = sample(11, index)
+        for key, value in judge(image).matches(spec).items():
+            if key in hits:
+                hits[key] += value
+    assert hits["colours"] == count
+    assert hits["shape"] == count
+    assert hits["size"] == count
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_shape_is_told_apart_at_both_sizes(shape):
+    for size in ("small", "large"):
+        spec = ShapeSpec(shape=shape, colour="yellow", background="purple", size=size)
+        assert judge(render(spec)).matches(spec) == {"colour": True, "background": True, "colours": True,
+                                                     "shape": True, "size": True}
+
+
+def test_noise_is_not_mistaken_for_a_shape():
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    flat = Image.new("RGB", (128, 128), (30, 60, 220))
+    assert judge(flat).shape is None and judge(flat).background == "blue"
+    noisy = Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    verdict = judge(noisy)
+    spec = ShapeSpec(shape="circle", colour="red", background="blue", size="small")
+    assert not all(verdict.matches(spec).values())
