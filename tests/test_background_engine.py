@@ -239,3 +239,63 @@ def test_a_hub_model_that_is_not_cached_offline_gives_a_clear_message(context):
         engine.detect_subject(context, image, "a dog", "IDEA-Research/grounding-dino-tiny")
     with pytest.raises(registry.ModelUnavailableError, match="GrabCut"):
         engine.segment_subject(context, image, [(1, 1, 20, 20)], "facebook/sam-vit-base")
+
+
+def test_per_job_extension_hooks_apply_to_background_jobs(make_context):
+    """VAE auto tiling (per job), the memory profile in the infotext and pipeline_call_kwargs reach the inpainting."""
+    from webui.api import hookimpl
+
+    seen = {"requests": [], "tiling": [], "steps": [], "after": []}
+
+    def record_step(pipe, step, timestep, callback_kwargs):
+        seen["steps"].append(step)
+        return {}
+
+    class Recorder:
+        """Records what the per-job hooks see during a background job."""
+
+        @hookimpl
+        def before_generation(self, request, model):
+            seen["requests"].append(request)
+
+        @hookimpl
+        def pipeline_call_kwargs(self, request, model):
+            seen["tiling"].append(bool(model.pipeline.vae.use_tiling))
+            return {"callback_on_step_end": record_step}
+
+        @hookimpl
+        def after_generation(self, request, model, result):
+            seen["after"].append([record.path for record in result.images])
+
+    context = make_context(setting_overrides={"presets.profile": "medvram", "vae.tiling_threshold": 64},
+                           extra_plugins={"recorder": Recorder()})
+    image, truth = scene()
+    result = engine.replace_background(context, image, truth, options(strength=0.9))
+    request = seen["requests"][0]
+    assert (request.width, request.height) == (128, 96) and request.prompt == "a sunny beach"
+    assert request.extras["background.task"] == "inpaint" and request.extras["background.strength"] == 0.9
+    assert request.extras["background.input_size"] == (128, 96)
+    assert seen["tiling"] == [True]  # 128 px > the 64 px threshold: tiled during the job
+    assert len(seen["steps"]) == 2  # the extension's callback ran inside the inpainting call (3 steps x 0.9)
+    assert seen["after"] == [[result.path]]
+    info = read_infotext(Image.open(result.path))
+    assert "Memory profile: medvram (no offload on cpu)" in info and "VAE tiling: on" in info
+    assert "Denoising strength: 0.9" in info
+    # At or below the threshold the same model decodes without tiles.
+    small = image.resize((64, 48), Image.Resampling.NEAREST)
+    small_truth = np.zeros((48, 64), bool)
+    small_truth[12:36, 20:48] = True
+    result = engine.replace_background(context, small, small_truth, options(save=False, work_side=64))
+    assert seen["tiling"] == [True, False] and "VAE tiling" not in result.infotext
+    assert "Memory profile: medvram" in result.infotext
+
+
+def test_lora_prompt_tags_are_taken_out_for_background_jobs(context):
+    """An extension that edits request.prompt (LoRA tags) changes what the inpainting encodes; a missing LoRA is refused."""
+    from webui.api import ExtensionError
+
+    image, truth = scene()
+    with pytest.raises(ExtensionError, match="LoRA not found"):
+        engine.replace_background(context, image, truth, options(background_prompt="a beach <lora:nothere:0.5>"))
+    plain = engine.replace_background(context, image, truth, options(save=False))
+    assert "Lora hashes" not in plain.infotext
