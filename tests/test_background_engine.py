@@ -299,3 +299,69 @@ def test_lora_prompt_tags_are_taken_out_for_background_jobs(context):
         engine.replace_background(context, image, truth, options(background_prompt="a beach <lora:nothere:0.5>"))
     plain = engine.replace_background(context, image, truth, options(save=False))
     assert "Lora hashes" not in plain.infotext
+
+
+def tiny_inpainting_pipeline(name="tiny"):
+    """A tiny dedicated inpainting pipeline: the built-in model with a 9-channel UNet (random weights, seeded)."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+
+    from webui.pipelines.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(name)
+    config = dict(pipe.unet.config)
+    config["in_channels"] = 9
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel.from_config(config)
+    cls = StableDiffusionXLInpaintPipeline if name == "tiny-sdxl" else StableDiffusionInpaintPipeline
+    return cls.from_pipe(pipe, unet=unet)
+
+
+@pytest.mark.parametrize("name,family", [("tiny", "sd1"), pytest.param("tiny-sdxl", "sdxl", marks=pytest.mark.slow)])
+def test_single_file_inpainting_checkpoint_loads_for_the_background_tab(make_context, tmp_path, name, family):
+    """A 9-channel .safetensors (original layout, sidecar configs) loads with the family's inpainting pipeline."""
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+
+    from webui.api import GenerationRequest
+    from webui.pipelines.export import export_single_file
+    from webui.pipelines.families import detect_file_family, is_inpainting_checkpoint
+
+    pipe = tiny_inpainting_pipeline(name)
+    folder = tmp_path / "models" / "Stable-diffusion"
+    path = export_single_file(pipe, folder / "my-inpainting.safetensors")
+    pipe.save_pretrained(folder / "my-inpainting.config")  # offline configs beside the file
+    pipe.save_pretrained(folder / "my-inpainting-folder")  # the same weights as a diffusers folder
+    assert detect_file_family(path) == family and is_inpainting_checkpoint(path)
+    context = make_context(models_dir=tmp_path / "models")
+    names = [source.name for source in context.list_models()]
+    assert "my-inpainting.safetensors" in names and "my-inpainting.config" not in names
+    assert context.family_of("my-inpainting.safetensors") == family
+    image, truth = scene()
+    sampler = "Euler a"
+    from_file = engine.replace_background(context, image, truth, options(model="my-inpainting.safetensors",
+                                                                          sampler=sampler))
+    core = masks.grow(truth, -3)
+    assert np.array_equal(np.asarray(from_file.image)[core], np.asarray(image)[core])
+    assert "Model: my-inpainting," in read_infotext(Image.open(from_file.path))
+    with context.pipelines.use("my-inpainting.safetensors") as model:
+        cls = StableDiffusionXLInpaintPipeline if family == "sdxl" else StableDiffusionInpaintPipeline
+        assert model.family == family and isinstance(model.pipeline, cls)
+        assert model.pipeline.unet.config.in_channels == 9
+        assert engine.inpaint_pipeline(model) is model.pipeline
+    from_folder = engine.replace_background(context, image, truth, options(model="my-inpainting-folder",
+                                                                            sampler=sampler, save=False))
+    difference = np.abs(np.asarray(from_file.generated).astype(int) - np.asarray(from_folder.generated).astype(int))
+    assert difference.max() <= 2  # same weights, original layout vs diffusers folder
+    with pytest.raises(RequestError, match="inpainting model"):  # txt2img still refuses it clearly
+        context.generate(GenerationRequest(prompt="x", model="my-inpainting.safetensors", steps=1, width=64,
+                                           height=64, save=False))
+
+
+def test_a_regular_single_file_is_not_taken_for_an_inpainting_one(context, tmp_path):
+    from webui.pipelines.export import export_single_file
+    from webui.pipelines.families import is_inpainting_checkpoint
+    from webui.pipelines.tiny import build_tiny_pipeline
+
+    path = export_single_file(build_tiny_pipeline("tiny"), tmp_path / "plain.safetensors")
+    assert not is_inpainting_checkpoint(path) and not is_inpainting_checkpoint(tmp_path / "missing.ckpt")
