@@ -299,6 +299,15 @@ def test_lora_prompt_tags_are_taken_out_for_background_jobs(context):
         engine.replace_background(context, image, truth, options(background_prompt="a beach <lora:nothere:0.5>"))
     plain = engine.replace_background(context, image, truth, options(save=False))
     assert "Lora hashes" not in plain.infotext
+    from tests.test_lora import write_random_lora
+
+    write_random_lora(context.models_dir / "Lora" / "beachy.safetensors", seed=3)
+    styled = engine.replace_background(context, image, truth, options(background_prompt="a sunny beach <lora:beachy:1>",
+                                                                      save=False))
+    assert "Lora hashes: \"beachy: " in styled.infotext
+    assert np.abs(np.asarray(styled.generated, int) - np.asarray(plain.generated, int)).max() > 0
+    again = engine.replace_background(context, image, truth, options(save=False))  # the adapter is gone again
+    assert np.array_equal(np.asarray(again.generated), np.asarray(plain.generated))
 
 
 def tiny_inpainting_pipeline(name="tiny"):
