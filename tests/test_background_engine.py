@@ -239,3 +239,138 @@ def test_a_hub_model_that_is_not_cached_offline_gives_a_clear_message(context):
         engine.detect_subject(context, image, "a dog", "IDEA-Research/grounding-dino-tiny")
     with pytest.raises(registry.ModelUnavailableError, match="GrabCut"):
         engine.segment_subject(context, image, [(1, 1, 20, 20)], "facebook/sam-vit-base")
+
+
+def test_per_job_extension_hooks_apply_to_background_jobs(make_context):
+    """VAE auto tiling (per job), the memory profile in the infotext and pipeline_call_kwargs reach the inpainting."""
+    from webui.api import hookimpl
+
+    seen = {"requests": [], "tiling": [], "steps": [], "after": []}
+
+    def record_step(pipe, step, timestep, callback_kwargs):
+        seen["steps"].append(step)
+        return {}
+
+    class Recorder:
+        """Records what the per-job hooks see during a background job."""
+
+        @hookimpl
+        def before_generation(self, request, model):
+            seen["requests"].append(request)
+
+        @hookimpl
+        def pipeline_call_kwargs(self, request, model):
+            seen["tiling"].append(bool(model.pipeline.vae.use_tiling))
+            return {"callback_on_step_end": record_step}
+
+        @hookimpl
+        def after_generation(self, request, model, result):
+            seen["after"].append([record.path for record in result.images])
+
+    context = make_context(setting_overrides={"presets.profile": "medvram", "vae.tiling_threshold": 64},
+                           extra_plugins={"recorder": Recorder()})
+    image, truth = scene()
+    result = engine.replace_background(context, image, truth, options(strength=0.9))
+    request = seen["requests"][0]
+    assert (request.width, request.height) == (128, 96) and request.prompt == "a sunny beach"
+    assert request.extras["background.task"] == "inpaint" and request.extras["background.strength"] == 0.9
+    assert request.extras["background.input_size"] == (128, 96)
+    assert seen["tiling"] == [True]  # 128 px > the 64 px threshold: tiled during the job
+    assert len(seen["steps"]) == 2  # the extension's callback ran inside the inpainting call (3 steps x 0.9)
+    assert seen["after"] == [[result.path]]
+    info = read_infotext(Image.open(result.path))
+    assert "Memory profile: medvram (no offload on cpu)" in info and "VAE tiling: on" in info
+    assert "Denoising strength: 0.9" in info
+    # At or below the threshold the same model decodes without tiles.
+    small = image.resize((64, 48), Image.Resampling.NEAREST)
+    small_truth = np.zeros((48, 64), bool)
+    small_truth[12:36, 20:48] = True
+    result = engine.replace_background(context, small, small_truth, options(save=False, work_side=64))
+    assert seen["tiling"] == [True, False] and "VAE tiling" not in result.infotext
+    assert "Memory profile: medvram" in result.infotext
+
+
+def test_lora_prompt_tags_are_taken_out_for_background_jobs(context):
+    """An extension that edits request.prompt (LoRA tags) changes what the inpainting encodes; a missing LoRA is refused."""
+    from webui.api import ExtensionError
+
+    image, truth = scene()
+    with pytest.raises(ExtensionError, match="LoRA not found"):
+        engine.replace_background(context, image, truth, options(background_prompt="a beach <lora:nothere:0.5>"))
+    plain = engine.replace_background(context, image, truth, options(save=False))
+    assert "Lora hashes" not in plain.infotext
+    from tests.test_lora import write_random_lora
+
+    write_random_lora(context.models_dir / "Lora" / "beachy.safetensors", seed=3)
+    styled = engine.replace_background(context, image, truth, options(background_prompt="a sunny beach <lora:beachy:1>",
+                                                                      save=False))
+    assert "Lora hashes: \"beachy: " in styled.infotext
+    assert np.abs(np.asarray(styled.generated, int) - np.asarray(plain.generated, int)).max() > 0
+    again = engine.replace_background(context, image, truth, options(save=False))  # the adapter is gone again
+    assert np.array_equal(np.asarray(again.generated), np.asarray(plain.generated))
+
+
+def tiny_inpainting_pipeline(name="tiny"):
+    """A tiny dedicated inpainting pipeline: the built-in model with a 9-channel UNet (random weights, seeded)."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+
+    from webui.pipelines.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(name)
+    config = dict(pipe.unet.config)
+    config["in_channels"] = 9
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel.from_config(config)
+    cls = StableDiffusionXLInpaintPipeline if name == "tiny-sdxl" else StableDiffusionInpaintPipeline
+    return cls.from_pipe(pipe, unet=unet)
+
+
+@pytest.mark.parametrize("name,family", [("tiny", "sd1"), pytest.param("tiny-sdxl", "sdxl", marks=pytest.mark.slow)])
+def test_single_file_inpainting_checkpoint_loads_for_the_background_tab(make_context, tmp_path, name, family):
+    """A 9-channel .safetensors (original layout, sidecar configs) loads with the family's inpainting pipeline."""
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+
+    from webui.api import GenerationRequest
+    from webui.pipelines.export import export_single_file
+    from webui.pipelines.families import detect_file_family, is_inpainting_checkpoint
+
+    pipe = tiny_inpainting_pipeline(name)
+    folder = tmp_path / "models" / "Stable-diffusion"
+    path = export_single_file(pipe, folder / "my-inpainting.safetensors")
+    pipe.save_pretrained(folder / "my-inpainting.config")  # offline configs beside the file
+    pipe.save_pretrained(folder / "my-inpainting-folder")  # the same weights as a diffusers folder
+    assert detect_file_family(path) == family and is_inpainting_checkpoint(path)
+    context = make_context(models_dir=tmp_path / "models")
+    names = [source.name for source in context.list_models()]
+    assert "my-inpainting.safetensors" in names and "my-inpainting.config" not in names
+    assert context.family_of("my-inpainting.safetensors") == family
+    image, truth = scene()
+    sampler = "Euler a"
+    from_file = engine.replace_background(context, image, truth, options(model="my-inpainting.safetensors",
+                                                                          sampler=sampler))
+    core = masks.grow(truth, -3)
+    assert np.array_equal(np.asarray(from_file.image)[core], np.asarray(image)[core])
+    assert "Model: my-inpainting," in read_infotext(Image.open(from_file.path))
+    with context.pipelines.use("my-inpainting.safetensors") as model:
+        cls = StableDiffusionXLInpaintPipeline if family == "sdxl" else StableDiffusionInpaintPipeline
+        assert model.family == family and isinstance(model.pipeline, cls)
+        assert model.pipeline.unet.config.in_channels == 9
+        assert engine.inpaint_pipeline(model) is model.pipeline
+    from_folder = engine.replace_background(context, image, truth, options(model="my-inpainting-folder",
+                                                                            sampler=sampler, save=False))
+    difference = np.abs(np.asarray(from_file.generated).astype(int) - np.asarray(from_folder.generated).astype(int))
+    assert difference.max() <= 2  # same weights, original layout vs diffusers folder
+    with pytest.raises(RequestError, match="inpainting model"):  # txt2img still refuses it clearly
+        context.generate(GenerationRequest(prompt="x", model="my-inpainting.safetensors", steps=1, width=64,
+                                           height=64, save=False))
+
+
+def test_a_regular_single_file_is_not_taken_for_an_inpainting_one(context, tmp_path):
+    from webui.pipelines.export import export_single_file
+    from webui.pipelines.families import is_inpainting_checkpoint
+    from webui.pipelines.tiny import build_tiny_pipeline
+
+    path = export_single_file(build_tiny_pipeline("tiny"), tmp_path / "plain.safetensors")
+    assert not is_inpainting_checkpoint(path) and not is_inpainting_checkpoint(tmp_path / "missing.ckpt")

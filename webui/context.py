@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from webui.jobs import GenerationRequest, GenerationResult, Job
 
@@ -48,6 +48,18 @@ class EaselContext:
         from webui.generation import run_generation
 
         return run_generation(self, request, job)
+
+    def call_hook(self, name: str, **kwargs: Any) -> list[Any]:
+        """Call hook ``name`` (see :mod:`webui.hookspecs`) on every enabled extension.
+
+        For extensions that run their own jobs (the Background tab's inpainting) and want the
+        per-job hooks (``before_generation``, ``pipeline_call_kwargs``, ``infotext_fields``,
+        ``after_generation``, ``out_of_memory``) to apply as in txt2img. Pass the hook's
+        arguments by name; returns the implementations' non-None results. An implementation
+        that raises is reported and skipped, except :class:`webui.api.ExtensionError`, which
+        propagates (a refusal with a message for the user).
+        """
+        return self.plugins.call(name, **kwargs)
 
     def list_models(self) -> list["ModelSource"]:
         """Every model a user can pick: built-ins, local files and folders, hub presets."""

@@ -8,6 +8,15 @@ call goes on with the other extensions.
 
 Registration hooks take a ``register`` callback (as ``llm`` does) instead of returning
 lists, so one extension can register several things and the types stay checked.
+
+The per-job hooks (``before_generation``, ``pipeline_call_kwargs``, ``infotext_fields``,
+``after_generation``, ``out_of_memory``) run for txt2img and also for the Background tab's
+inpainting. Its request is a :class:`webui.api.GenerationRequest` too: the background prompt
+and negative, the model, steps, CFG, seed, sampler, and ``width``/``height`` = the size the
+inpainting pipeline works at; ``extras["background.task"] == "inpaint"`` tells it apart, with
+``extras["background.strength"]`` (denoising strength) and ``extras["background.input_size"]``
+(``(width, height)`` of the user's image). Keyword arguments from ``pipeline_call_kwargs``
+reach the inpainting pipeline's call, so return only arguments it takes for such a request.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ from PIL import Image
 from webui.api import (
     EaselError,
     GenerationError,
+    GenerationRequest,
+    GenerationResult,
+    ImageRecord,
     Job,
     RequestError,
     build_infotext,
@@ -66,6 +69,7 @@ class ReplaceOptions:
     work_side: int = 1024
     save: bool = True
     extra_infotext: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # request.extras for the extension hooks
 
 
 @dataclass
@@ -206,39 +210,109 @@ def replace_background(context, image: Image.Image, mask: np.ndarray, options: R
         multiple = 16 if model.family == "sd3" else 8
         work = to_model_size(image, options.work_side, multiple=multiple)
         work_mask = mask_to_image(repaint).resize(work.size, Image.Resampling.BILINEAR)
+        request = generation_request(options, model_name, seed, image.size, work.size)
+        outcome = GenerationResult()
+        result: ReplaceResult | None = None
         try:
+            # The per-job hooks of the memory extensions, LoRA, ... as in txt2img.
+            context.call_hook("before_generation", request=request, model=model, context=context)
+            extra_fields: dict[str, Any] = {}
+            for fields in context.call_hook("infotext_fields", request=request, model=model):
+                extra_fields.update(_clean_fields(fields))
+            call_kwargs: dict[str, Any] = {}
+            for kwargs in context.call_hook("pipeline_call_kwargs", request=request, model=model):
+                call_kwargs.update(kwargs)
             pipe = inpaint_pipeline(model)
-            pipe.scheduler = make_scheduler(model.base_scheduler_config, options.sampler, options.schedule_type,
+            pipe.scheduler = make_scheduler(model.base_scheduler_config, request.sampler, request.schedule_type,
                                             model.family, seed=seed)
-            job.start_image(0, 1, int(options.steps))
-            # A1111 emphasis syntax and prompts over 77 tokens, as in txt2img.
-            prompts = prompt_arguments(pipe, model.family, options.background_prompt or "",
-                                       options.negative_prompt or "")
-            output = pipe(
+            job.start_image(0, 1, int(request.steps))
+            # A1111 emphasis syntax and prompts over 77 tokens, as in txt2img (the prompt as the
+            # extensions left it: LoRA takes its <lora:...> tags out).
+            prompts = prompt_arguments(pipe, model.family, request.prompt or "", request.negative_prompt or "")
+            arguments = dict(
                 **prompts,
                 image=work, mask_image=work_mask, width=work.width, height=work.height,
-                num_inference_steps=int(options.steps), guidance_scale=float(options.cfg_scale),
+                num_inference_steps=int(request.steps), guidance_scale=float(request.cfg_scale),
                 strength=float(options.strength), generator=torch.Generator("cpu").manual_seed(seed),
                 callback_on_step_end=_Progress(job), output_type="pil",
             )
-            generated = output.images[0]
+            arguments.update(call_kwargs)
+            generated = pipe(**arguments).images[0]
+            params = _infotext_params(options, model, seed, image.size, work.size)
+            params = {**params, **{k: v for k, v in extra_fields.items() if k not in params}}
+            result_image = composite_subject(image, generated, mask, options.erode, options.feather,
+                                             options.decontaminate)
+            infotext = build_infotext(options.background_prompt, options.negative_prompt, params)
+            result = ReplaceResult(image=result_image, mask=mask, seed=seed, infotext=infotext, generated=generated)
+            if options.save:
+                result.path = str(save_image(result_image, context.outputs_dir, OUTPUT_TASK, infotext, seed))
+                result.mask_path = str(save_image(mask_to_image(mask), context.outputs_dir, MASK_TASK, infotext,
+                                                  seed))
+            outcome.images.append(ImageRecord(image=result_image, seed=seed, infotext=infotext, path=result.path))
         except EaselError:
             raise
         except torch.OutOfMemoryError as exc:
-            raise GenerationError(f"Out of memory inpainting at {work.width}x{work.height}: lower the working size "
-                                  "or use a lower-memory profile. The server is still running.") from exc
+            advice = _out_of_memory_advice(context, request, model, exc)
+            raise GenerationError(f"Out of memory inpainting at {work.width}x{work.height}: {advice or ''}"
+                                  "lower the working size or use a lower-memory profile. "
+                                  "The server is still running.") from exc
         except Exception as exc:
             log.exception("Background inpainting failed")
             raise GenerationError(f"Inpainting failed: {type(exc).__name__}: {exc}") from exc
-        params = _infotext_params(options, model, seed, image.size, work.size)
-    result_image = composite_subject(image, generated, mask, options.erode, options.feather, options.decontaminate)
-    infotext = build_infotext(options.background_prompt, options.negative_prompt, params)
-    result = ReplaceResult(image=result_image, mask=mask, seed=seed, infotext=infotext, generated=generated)
-    if options.save:
-        result.path = str(save_image(result_image, context.outputs_dir, OUTPUT_TASK, infotext, seed))
-        result.mask_path = str(save_image(mask_to_image(mask), context.outputs_dir, MASK_TASK, infotext, seed))
+        finally:
+            outcome.interrupted = job.interrupted
+            outcome.seconds = time.monotonic() - started
+            context.call_hook("after_generation", request=request, model=model, result=outcome)
     result.seconds = time.monotonic() - started
     return result
+
+
+def generation_request(options: ReplaceOptions, model_name: str, seed: int, input_size: tuple[int, int],
+                       work_size: tuple[int, int]) -> GenerationRequest:
+    """The :class:`GenerationRequest` the per-job extension hooks see for one inpainting job.
+
+    ``width``/``height`` are the size the pipeline works (and the VAE decodes) at; the
+    inpaint-only values are in ``extras`` under ``background.`` (see :mod:`webui.hookspecs`).
+    """
+    return GenerationRequest(
+        prompt=options.background_prompt or "", negative_prompt=options.negative_prompt or "", model=model_name,
+        steps=int(options.steps), cfg_scale=float(options.cfg_scale), width=int(work_size[0]),
+        height=int(work_size[1]), seed=seed, sampler=options.sampler, schedule_type=options.schedule_type,
+        save=bool(options.save),
+        extras={**options.extras, "background.task": "inpaint", "background.strength": float(options.strength),
+                "background.input_size": (int(input_size[0]), int(input_size[1]))},
+    )
+
+
+_FORBIDDEN_KEY_MARKS = (":", ",", "\n", "\r", '"')
+
+
+def _clean_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Extension infotext keys that A1111 can parse back (same rule as txt2img)."""
+    cleaned = {}
+    for key, value in (fields or {}).items():
+        if isinstance(key, str) and key.strip() and not any(mark in key for mark in _FORBIDDEN_KEY_MARKS):
+            cleaned[key.strip()] = value
+        else:
+            log.warning("Ignoring infotext field %r from an extension: keys may not contain : , or quotes", key)
+    return cleaned
+
+
+def _out_of_memory_advice(context, request: GenerationRequest, model, error: BaseException) -> str:
+    """Free memory and ask the memory extensions which option would help (no automatic retry here)."""
+    import gc
+
+    gc.collect()
+    if model.device.type == "cuda":
+        torch.cuda.empty_cache()
+    advice = []
+    try:
+        for answer in context.call_hook("out_of_memory", request=request, model=model, context=context, error=error):
+            if isinstance(answer, dict) and answer.get("advice"):
+                advice.append(str(answer["advice"]))
+    except EaselError as refusal:
+        advice.append(str(refusal))
+    return " ".join(advice) + " " if advice else ""
 
 
 def _infotext_params(options: ReplaceOptions, model, seed: int, size: tuple[int, int],

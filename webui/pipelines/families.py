@@ -75,9 +75,9 @@ def family_from_tensor_shapes(shapes: dict[str, tuple[int, ...]]) -> str:
     def has_prefix(prefix: str) -> bool:
         return any(key.startswith(prefix) for key in keys)
 
-    conv_in = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
-    if conv_in is not None and len(conv_in) == 4 and conv_in[1] == 9:
-        raise UnsupportedModelError("this is an inpainting checkpoint; txt2img needs a regular checkpoint")
+    # A dedicated inpainting checkpoint (9-channel UNet: latents + mask + masked image) belongs
+    # to its base family, as inpainting diffusers folders do; it loads with the family's
+    # inpainting pipeline (see is_inpainting_checkpoint) and txt2img refuses it after loading.
     if has_prefix("model.diffusion_model.joint_blocks.") or has_prefix("joint_blocks."):
         return "sd3"
     if has_prefix("conditioner.embedders.1."):
@@ -91,6 +91,26 @@ def family_from_tensor_shapes(shapes: dict[str, tuple[int, ...]]) -> str:
     if has_prefix("control_model.") or has_prefix("lora_unet_") or has_prefix("lora_te"):
         raise UnsupportedModelError("this file is a ControlNet or LoRA, not a checkpoint; LoRAs go in models/Lora")
     raise UnsupportedModelError("this file does not look like a Stable Diffusion checkpoint")
+
+
+INPAINT_CONV_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+def is_inpainting_shapes(shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Whether original-layout tensor shapes are those of a 9-channel inpainting UNet."""
+    conv_in = shapes.get(INPAINT_CONV_IN_KEY)
+    return conv_in is not None and len(conv_in) == 4 and conv_in[1] == 9
+
+
+def is_inpainting_checkpoint(path: Path) -> bool:
+    """Whether a single-file ``.safetensors`` checkpoint is a dedicated (9-channel) inpainting model."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return False
+    try:
+        return is_inpainting_shapes(checkpoint_tensor_shapes(path))
+    except Exception:  # noqa: BLE001 - unreadable: detect_file_family reports it
+        return False
 
 
 def detect_file_family(path: Path) -> str:

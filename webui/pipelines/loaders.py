@@ -13,7 +13,12 @@ from pathlib import Path
 import torch
 
 from webui.errors import EaselError
-from webui.pipelines.families import UnsupportedModelError, detect_file_family, family_from_model_index
+from webui.pipelines.families import (
+    UnsupportedModelError,
+    detect_file_family,
+    family_from_model_index,
+    is_inpainting_checkpoint,
+)
 from webui.pipelines.sources import ModelSource, sidecar_config
 from webui.pipelines.tiny import build_tiny_pipeline
 
@@ -39,6 +44,18 @@ def pipeline_class(family: str):
         return classes[family]
     except KeyError:
         raise UnsupportedModelError(f"unknown model family {family!r}") from None
+
+
+def inpaint_pipeline_class(family: str):
+    """The diffusers inpainting pipeline class of ``family`` (for 9-channel single-file checkpoints)."""
+    import diffusers
+
+    classes = {"sd1": diffusers.StableDiffusionInpaintPipeline, "sd2": diffusers.StableDiffusionInpaintPipeline,
+               "sdxl": diffusers.StableDiffusionXLInpaintPipeline}
+    try:
+        return classes[family]
+    except KeyError:
+        raise UnsupportedModelError(f"no inpainting checkpoint layout is known for {family} models") from None
 
 
 def _sd_extra_kwargs(family: str) -> dict:
@@ -99,6 +116,10 @@ def load_pipeline(source: ModelSource, family: str, dtype: torch.dtype):
         except Exception as exc:
             raise ModelLoadError(f"Could not load the diffusers folder {source.name}: {exc}") from exc
     if source.kind == "file":
+        if is_inpainting_checkpoint(Path(source.location)):
+            # A dedicated inpainting checkpoint: its 9-channel UNet needs the inpainting
+            # pipeline (txt2img refuses such a model after loading, with a message).
+            cls = inpaint_pipeline_class(family)
         config = sidecar_config(source)
         kwargs = dict(torch_dtype=dtype, **extra)
         if config is not None:
