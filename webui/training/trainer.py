@@ -20,6 +20,12 @@ What a run writes in its run folder (``config.run_path``):
 * a file ``STOP`` (written at any time, even before training starts) makes the run save a
   checkpoint at the next step boundary, delete the file and stop (the tab's Cancel).
 
+Full fine-tune (``mode="full"``): the whole UNet / SD3 transformer trains in fp32 (autocast for
+mixed precision), optionally with an EMA of its weights (``diffusers.training_utils.EMAModel``,
+kept in the checkpoints and saved as the model); the result is the base pipeline with the
+trained denoiser, saved as a diffusers folder ``<models_dir>/Stable-diffusion/<output_name>/``
+(``save_pretrained(safe_serialization=True)``, staged and swapped in) that txt2img lists.
+
 The LoRA goes to ``<models_dir>/Lora/<output_name>.safetensors``: kohya keys (``lora_unet_...``,
 ``lora_down``/``lora_up``, ``.alpha``) for SD1/SD2/SDXL, which AUTOMATIC1111, ComfyUI and
 diffusers read; diffusers/peft keys (``transformer.…lora_A/B``, alpha folded into B) for SD3.
@@ -185,7 +191,8 @@ class LoraTrainer:
             module.requires_grad_(False)
         # frozen weights in the mixed-precision dtype; the VAE stays fp32 (an fp16 VAE gives NaN latents)
         cast = {} if self.weight_dtype == torch.float32 else {"dtype": self.weight_dtype}
-        self.denoiser.to(self.device, **cast)
+        # full fine-tune: the trained weights stay fp32 (autocast computes in the mixed dtype)
+        self.denoiser.to(self.device, **({} if config.mode == "full" else cast))
         for te in self.text_encoders:
             te.to(self.device, **cast)
         pipe.vae.to(self.device)
@@ -194,7 +201,17 @@ class LoraTrainer:
             self.class_examples = self._class_images()
         else:
             self.class_examples = []
-        self._add_lora()
+        self.ema = None
+        if config.mode == "full":
+            self.denoiser.requires_grad_(True)
+            self.lora_text_encoders = []
+            if config.use_ema:
+                from diffusers.training_utils import EMAModel
+
+                self.ema = EMAModel(self.denoiser.parameters(), decay=config.ema_decay)
+                self.ema.to(self.device)
+        else:
+            self._add_lora()
         if config.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
             if config.train_text_encoder:
@@ -466,6 +483,10 @@ class LoraTrainer:
     def _lora_state(self) -> dict[str, dict[str, torch.Tensor]]:
         from peft.utils import get_peft_model_state_dict
 
+        if self.config.mode == "full":
+            model = self.accelerator.unwrap_model(self.model)
+            return {"denoiser": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+
         state = {"denoiser": {k: v.detach().cpu().clone()
                               for k, v in get_peft_model_state_dict(self.accelerator.unwrap_model(self.model)).items()}}
         for index, te in enumerate(self.lora_text_encoders):
@@ -480,6 +501,7 @@ class LoraTrainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             payload = {"step": step, "lora": self._lora_state(), "optimizer": self.optimizer.state_dict(),
+                       "ema": self.ema.state_dict() if self.ema is not None else None,
                        "lr_scheduler": self.lr_scheduler.state_dict(), "total_steps": self.total_steps,
                        "config": asdict(self.config)}
             buffer = io.BytesIO()
@@ -495,7 +517,15 @@ class LoraTrainer:
         from peft.utils import set_peft_model_state_dict
 
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        set_peft_model_state_dict(self.accelerator.unwrap_model(self.model), payload["lora"]["denoiser"])
+        if self.config.mode == "full":
+            self.accelerator.unwrap_model(self.model).load_state_dict(payload["lora"]["denoiser"])
+            if self.ema is not None:
+                if not payload.get("ema"):
+                    raise ConfigError(f"{path} holds no EMA weights; resume with use_ema off or start afresh")
+                self.ema.load_state_dict(payload["ema"])
+                self.ema.to(self.device)
+        else:
+            set_peft_model_state_dict(self.accelerator.unwrap_model(self.model), payload["lora"]["denoiser"])
         for index, te in enumerate(self.lora_text_encoders):
             set_peft_model_state_dict(te, payload["lora"][f"text_encoder_{index}"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -564,9 +594,45 @@ class LoraTrainer:
     def prediction_type(self) -> str | None:
         return "flow_matching" if self.family == "sd3" else self.train_scheduler.config.prediction_type
 
+    def save_full_model(self, step: int) -> Path:
+        """Full fine-tune: the base pipeline with the trained (EMA, when on) UNet / transformer as a
+        diffusers folder ``Stable-diffusion/<name>/``, written beside and swapped in atomically."""
+        import shutil
+
+        target = self.config.output_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}-saving"
+        shutil.rmtree(staging, ignore_errors=True)
+        model = self.accelerator.unwrap_model(self.model)
+        params = list(model.parameters())
+        if self.ema is not None:
+            self.ema.store(params)
+            self.ema.copy_to(params)
+        try:
+            self.pipe.save_pretrained(str(staging), safe_serialization=True)
+        finally:
+            if self.ema is not None:
+                self.ema.restore(params)
+        meta = self.metadata(step, "diffusers")
+        meta.update({"easel_mode": "full", "easel_ema": str(self.ema is not None),
+                     "easel_ema_decay": str(self.config.ema_decay)})
+        for key in [k for k in meta if k.startswith("ss_network") or k in ("easel_rank", "easel_alpha",
+                                                                           "easel_target_modules")]:
+            meta.pop(key)
+        (staging / "easel_training.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        old = target.parent / f".{target.name}-old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return target
+
     def save_output(self, step: int) -> Path:
         from safetensors.torch import save
 
+        if self.config.mode == "full":
+            return self.save_full_model(step)
         state, fmt = self.export_state_dict()
         path = self.config.output_file
         atomic_write_bytes(path, save(state, metadata=self.metadata(step, fmt)))
@@ -618,7 +684,7 @@ class LoraTrainer:
         result = TrainResult(status="running", step=step, total_steps=self.total_steps,
                              skipped=list(self.dataset.skipped))
         self.log("start", step=step, total_steps=self.total_steps, family=self.family, examples=len(self.dataset),
-                 processes=self.accelerator.num_processes, output=str(config.output_file))
+                 processes=self.accelerator.num_processes, output=str(config.output_file), mode=config.mode)
         result.eval_loss_start = self.eval_loss()
         self.log("eval", step=step, loss=result.eval_loss_start)
         self.model.train()
@@ -654,6 +720,8 @@ class LoraTrainer:
                 self.optimizer.step()
                 self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.step(self.accelerator.unwrap_model(self.model).parameters())
             step += 1
             mean_loss = float(self.accelerator.reduce(torch.tensor([sum(losses) / len(losses)], device=self.device),
                                                       reduction="mean").item())
