@@ -172,6 +172,7 @@ def render_train_tab(ui: UIContext) -> None:
         mode = gr.Radio(choices=[("LoRA", "lora"), ("Full fine-tune", "full")], value=last.get("mode", "lora"),
                         label="Mode", elem_id="train-mode")
         use_ema = gr.Checkbox(value=False, label="EMA (full fine-tune)", elem_id="train-ema")
+        qlora = gr.Checkbox(value=False, label="QLoRA: NF4-quantized base (CUDA + bitsandbytes)", elem_id="train-qlora")
     with gr.Row():
         start = gr.Button("Start", variant="primary", elem_id="train-start")
         cancel = gr.Button("Cancel", elem_id="train-cancel")
@@ -186,7 +187,7 @@ def render_train_tab(ui: UIContext) -> None:
                      resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
                      accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
                      min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every,
-                     mode="lora", use_ema=False, *, resume_run: bool) -> TrainConfig:
+                     mode="lora", use_ema=False, qlora=False, *, resume_run: bool) -> TrainConfig:
         name = (output_name or "").strip()
         config = TrainConfig(
             model=model or context.default_model, models_dir=str(context.models_dir),
@@ -204,7 +205,7 @@ def render_train_tab(ui: UIContext) -> None:
             center_crop=bool(center_crop), bucketing=bool(bucketing),
             validation_prompts=[line.strip() for line in (validation_prompts or "").splitlines() if line.strip()],
             validation_every=int(validation_every or 0), resume=resume_run,
-            mode=mode or "lora", use_ema=bool(use_ema) and mode == "full",
+            mode=mode or "lora", use_ema=bool(use_ema) and mode == "full", quantize_base="nf4" if qlora else "none",
             device="auto",
         )
         config.validate()
@@ -251,25 +252,25 @@ def render_train_tab(ui: UIContext) -> None:
                   resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
                   accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
                   min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every,
-                  mode="lora", use_ema=False):
+                  mode="lora", use_ema=False, qlora=False):
         """Start a fresh training run and follow it to the end."""
         yield from launch(False, dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt,
                           num_class, resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs,
                           batch_size, accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8,
                           text_encoder, min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts,
-                          validation_every, mode, use_ema)
+                          validation_every, mode, use_ema, qlora)
 
     def resume_run(dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class,
                    resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
                    accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
                    min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every,
-                   mode="lora", use_ema=False):
+                   mode="lora", use_ema=False, qlora=False):
         """Continue the run of this output name from its latest checkpoint."""
         yield from launch(True, dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt,
                           num_class, resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs,
                           batch_size, accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8,
                           text_encoder, min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts,
-                          validation_every, mode, use_ema)
+                          validation_every, mode, use_ema, qlora)
 
     def cancel_run() -> str:
         """Ask the running trainer to save a checkpoint and stop."""
@@ -282,7 +283,8 @@ def render_train_tab(ui: UIContext) -> None:
     inputs = [dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class, resolution,
               rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size, accumulation,
               checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder, min_snr, noise_offset, seed,
-              random_flip, center_crop, bucketing, validation_prompts, validation_every, mode, use_ema]
+              random_flip, center_crop, bucketing, validation_prompts, validation_every, mode, use_ema,
+              qlora]
     outputs = [progress, loss_plot, gallery, log_box]
     start.click(start_run, inputs=inputs, outputs=outputs, api_name="train_start", concurrency_id="training")
     resume.click(resume_run, inputs=inputs, outputs=outputs, api_name="train_resume", concurrency_id="training")

@@ -16,6 +16,7 @@ from typing import Any
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 MODES = ("lora", "full")
+QUANTIZE_BASE = ("none", "nf4")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -57,6 +58,7 @@ class TrainConfig:
     alpha: float = 16.0
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     train_text_encoder: bool = False
+    quantize_base: str = "none"         # "nf4": QLoRA, LoRA on a bitsandbytes NF4-quantized UNet/transformer (CUDA)
     text_encoder_lr: float | None = None
     # optimisation
     learning_rate: float = 1e-4
@@ -98,6 +100,10 @@ class TrainConfig:
             raise ConfigError(f"mode must be one of {MODES}")
         if self.mode == "full" and self.train_text_encoder:
             raise ConfigError("full fine-tuning trains the UNet / transformer only; turn text-encoder training off")
+        if self.quantize_base not in QUANTIZE_BASE:
+            raise ConfigError(f"quantize_base must be one of {QUANTIZE_BASE}")
+        if self.quantize_base != "none" and self.mode != "lora":
+            raise ConfigError("a quantized (NF4) base trains LoRA adapters only (QLoRA); use mode 'lora'")
         if self.use_ema and self.mode != "full":
             raise ConfigError("EMA is for full fine-tuning (mode 'full')")
         if not 0.0 < self.ema_decay < 1.0:

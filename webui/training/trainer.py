@@ -102,18 +102,54 @@ class EventLog:
 # model
 
 
-def load_base(config: TrainConfig):
-    """(pipeline in fp32 on the CPU, family) for ``config.model``."""
-    from webui.pipelines.loaders import detect_family, load_pipeline
+def qlora_reason(device: torch.device) -> str | None:
+    """Why an NF4-quantized base (QLoRA) cannot train on ``device`` (None when it can)."""
+    import importlib.util
+
+    if device.type != "cuda":
+        return f"bitsandbytes NF4 needs CUDA (this device is {device.type})"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed (pip install bitsandbytes)"
+    return None
+
+
+def quantized_denoiser(pipe, source, family: str, compute_dtype: torch.dtype):
+    """The pipeline's UNet / SD3 transformer loaded again with bitsandbytes NF4 (diffusers'
+    ``BitsAndBytesConfig``; it quantizes while loading, onto the current CUDA device). Diffusers
+    folders and hub models load from their ``unet``/``transformer`` subfolder; other sources
+    (single files, the built-in tiny models) are first written to a temporary diffusers folder."""
+    import tempfile
+
+    from diffusers import BitsAndBytesConfig
+
+    name = "transformer" if family == "sd3" else "unet"
+    current = getattr(pipe, name)
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=compute_dtype)
+    kwargs = dict(torch_dtype=compute_dtype, quantization_config=quantization)
+    if source.kind in ("folder", "hub"):
+        return type(current).from_pretrained(source.location, subfolder=name, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="easel-qlora-") as tmp:
+        current.save_pretrained(tmp, safe_serialization=True)
+        return type(current).from_pretrained(tmp, **kwargs)
+
+
+def resolve_source(config: TrainConfig):
+    """The ModelSource of ``config.model``: a name Easel lists, or an absolute folder/file path."""
     from webui.pipelines.sources import ModelCatalog, ModelSource
 
-    catalog = ModelCatalog(Path(config.models_dir))
     name = config.model
     if Path(name).exists() and Path(name).is_absolute():
         path = Path(name)
-        source = ModelSource(name=path.name, kind="folder" if path.is_dir() else "file", location=str(path))
-    else:
-        source = catalog.resolve(name)
+        return ModelSource(name=path.name, kind="folder" if path.is_dir() else "file", location=str(path))
+    return ModelCatalog(Path(config.models_dir)).resolve(name)
+
+
+def load_base(config: TrainConfig):
+    """(pipeline in fp32 on the CPU, family) for ``config.model``."""
+    from webui.pipelines.loaders import detect_family, load_pipeline
+
+    source = resolve_source(config)
     family = detect_family(source)
     if family not in TRAINABLE_FAMILIES:
         raise ConfigError(f"{source.name} is a {family} model; LoRA training supports {', '.join(TRAINABLE_FAMILIES)}")
@@ -151,6 +187,10 @@ class LoraTrainer:
         self.config = config
         self.should_stop = should_stop or (lambda: False)
         cpu = config.device == "cpu" or not torch.cuda.is_available()
+        if config.quantize_base == "nf4":
+            reason = qlora_reason(torch.device("cpu") if cpu else torch.device("cuda"))
+            if reason:
+                raise ConfigError(f"QLoRA (an NF4-quantized base model) is not available: {reason}")
         if config.mixed_precision == "fp16" and cpu:
             raise ConfigError("fp16 mixed precision needs a CUDA GPU; use bf16 or no on the CPU")
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -184,6 +224,16 @@ class LoraTrainer:
         self.pipe, self.family = load_base(config)
         pipe = self.pipe
         pipe.set_progress_bar_config(disable=True)
+        if config.quantize_base == "nf4":
+            from peft import prepare_model_for_kbit_training
+
+            compute = self.weight_dtype if self.weight_dtype != torch.float32 else torch.bfloat16
+            quantized = quantized_denoiser(pipe, resolve_source(config), self.family, compute)
+            name = "transformer" if self.family == "sd3" else "unet"
+            setattr(pipe, name, None)
+            pipe.register_modules(**{name: quantized})
+            # norms and other unquantized weights to fp32, as the diffusers QLoRA scripts do
+            prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
         self.denoiser = pipe.transformer if self.family == "sd3" else pipe.unet
         self.text_encoders = [te for te in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None),
                                             getattr(pipe, "text_encoder_3", None)) if te is not None]
@@ -192,7 +242,8 @@ class LoraTrainer:
         # frozen weights in the mixed-precision dtype; the VAE stays fp32 (an fp16 VAE gives NaN latents)
         cast = {} if self.weight_dtype == torch.float32 else {"dtype": self.weight_dtype}
         # full fine-tune: the trained weights stay fp32 (autocast computes in the mixed dtype)
-        self.denoiser.to(self.device, **({} if config.mode == "full" else cast))
+        if config.quantize_base == "none":  # a bitsandbytes model is already on its device, and keeps its dtypes
+            self.denoiser.to(self.device, **({} if config.mode == "full" else cast))
         for te in self.text_encoders:
             te.to(self.device, **cast)
         pipe.vae.to(self.device)
@@ -585,6 +636,7 @@ class LoraTrainer:
             "easel_seed": str(config.seed),
             "easel_target_modules": ",".join(config.target_modules),
             "easel_text_encoder": str(bool(self.lora_text_encoders)),
+            "easel_quantized_base": self.config.quantize_base,
         }
         if self.prediction_type:
             meta["easel_prediction_type"] = self.prediction_type
