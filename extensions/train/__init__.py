@@ -141,14 +141,15 @@ def render_train_tab(ui: UIContext) -> None:
         class_prompt = gr.Textbox(value="", label="Class prompt", placeholder="a photo of a dog", scale=2)
         num_class = gr.Number(value=50, precision=0, label="Class images")
     with gr.Row():
-        resolution = gr.Number(value=last.get("resolution", 512), precision=0, label="Resolution")
+        resolution = gr.Number(value=last.get("resolution", 512), precision=0, label="Resolution", elem_id="train-resolution")
         rank = gr.Number(value=last.get("rank", 16), precision=0, label="Rank")
         alpha = gr.Number(value=last.get("alpha", 16), label="Alpha")
         learning_rate = gr.Number(value=last.get("learning_rate", 1e-4), label="Learning rate")
         scheduler = gr.Dropdown(choices=list(LR_SCHEDULERS), value="constant", label="LR scheduler")
         warmup = gr.Number(value=0, precision=0, label="Warm-up steps")
     with gr.Row():
-        max_steps = gr.Number(value=last.get("max_steps", 500), precision=0, label="Steps (0 = use epochs)")
+        max_steps = gr.Number(value=last.get("max_steps", 500), precision=0, label="Steps (0 = use epochs)",
+                              elem_id="train-steps")
         epochs = gr.Number(value=1, precision=0, label="Epochs")
         batch_size = gr.Number(value=1, precision=0, label="Batch size")
         accumulation = gr.Number(value=1, precision=0, label="Gradient accumulation")
