@@ -90,3 +90,15 @@ def test_full_mode_bad_options_are_refused(tmp_path):
         config_for(tmp_path, use_ema=True).validate()
     with pytest.raises(ConfigError, match="text-encoder"):
         config_for(tmp_path, mode="full", train_text_encoder=True).validate()
+
+
+def test_full_finetune_never_overwrites_its_base_model(tmp_path):
+    from webui.pipelines.tiny import save_tiny_pipeline
+
+    make_images(tmp_path / "data")
+    base = tmp_path / "models" / "Stable-diffusion" / "mybase"
+    save_tiny_pipeline("tiny", base)
+    before = sorted(p.name for p in base.rglob("*"))
+    with pytest.raises(ConfigError, match="overwrite"):
+        train(config_for(tmp_path, model="mybase", mode="full", output_name="mybase"))
+    assert sorted(p.name for p in base.rglob("*")) == before

@@ -221,6 +221,11 @@ class LoraTrainer:
         square = (config.resolution, config.resolution)
         self.buckets = make_buckets(config.resolution) if config.bucketing else [square]
         self._epoch_plans: dict[int, list[list[int]]] = {}
+        if config.mode == "full":
+            source = resolve_source(config)
+            if source.kind in ("folder", "file") and Path(source.location).resolve() == config.output_file.resolve():
+                raise ConfigError(f"The output name {config.output_name!r} is the base model itself; a full "
+                                  "fine-tune must not overwrite it: pick another output name")
         self.pipe, self.family = load_base(config)
         pipe = self.pipe
         pipe.set_progress_bar_config(disable=True)
