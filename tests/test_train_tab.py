@@ -75,3 +75,14 @@ def test_train_tab_start_cancel_resume_and_use(server):
     args = list(txt2img_args(batch_size=1).values()) + [["tab_lora"], "1.0"]
     _gallery, _preview, _status, info, _seed = client.predict(*args, api_name="/txt2img")
     assert 'Lora hashes: "tab_lora: ' in info
+
+
+def test_train_tab_full_finetune_lands_in_the_model_list(server):
+    client, context = server["client"], server["context"]
+    progress, _plot, _gallery, _log = client.predict(**dict(TRAIN_ARGS, output_name="tab_full", max_steps=2,
+                                                            checkpoint_every=0, validation_prompts="",
+                                                            mode="full", use_ema=True), api_name="/train_start")
+    assert "done" in progress and "Stable-diffusion" in progress, progress
+    assert (context.models_dir / "Stable-diffusion" / "tab_full" / "model_index.json").is_file()
+    assert "tab_full" in [source.name for source in context.list_models()]
+    assert not (context.lora_dir / "tab_full.safetensors").exists()

@@ -4,7 +4,9 @@ A run trains in its own process (``accelerate launch -m webui.train``), so the U
 responsive; the tab follows the trainer's progress file: step and epoch, a loss plot,
 validation images, and the log tail when the run fails. Cancel asks the trainer to save a
 checkpoint and stop; Resume continues from the latest checkpoint. The finished LoRA lands
-in ``models/Lora/`` and shows up in txt2img's LoRA picker.
+in ``models/Lora/`` and shows up in txt2img's LoRA picker; a full fine-tune (mode "Full
+fine-tune", optional EMA) lands as a diffusers folder in ``models/Stable-diffusion/`` and shows
+up in txt2img's model list.
 
 Datasets are picked from the folders inside ``<data-dir>/datasets`` only; the UI never takes
 a path.
@@ -68,7 +70,8 @@ def summarize(events: list[dict[str, Any]]) -> dict[str, Any]:
     for event in events:
         kind = event.get("event")
         if kind == "start":
-            summary.update(status="running", total=event.get("total_steps"), step=event.get("step", 0))
+            summary.update(status="running", total=event.get("total_steps"), step=event.get("step", 0),
+                           mode=event.get("mode", "lora"))
         elif kind == "step":
             summary.update(step=event["step"], total=event.get("total_steps"), epoch=event.get("epoch", 0.0))
             summary["losses"].append((event["step"], event["loss"]))
@@ -97,7 +100,9 @@ def progress_text(summary: dict[str, Any], name: str) -> str:
         line += " · eval loss " + " → ".join(f"{loss:.4f}" for _, loss in summary["eval"])
     if summary["message"]:
         line += f"\n\n{summary['message']}"
-    if status == "done":
+    if status == "done" and summary.get("mode") == "full":
+        line += f"\n\nModel **{name}** saved to Stable-diffusion; pick it in txt2img's model list."
+    elif status == "done":
         line += f"\n\nLoRA **{name}** saved; pick it in txt2img (LoRA) or write `<lora:{name}:1>`."
     if status == "cancelled":
         line += "\n\nStopped; the last checkpoint is kept — **Resume** continues from it."
@@ -126,7 +131,7 @@ def render_train_tab(ui: UIContext) -> None:
         refresh = gr.Button("Refresh", scale=0, min_width=80)
         model = gr.Dropdown(choices=models, value=last.get("model", context.default_model), label="Base model",
                             elem_id="train-model", scale=3)
-        output_name = gr.Textbox(value=last.get("output_name", "my_lora"), label="LoRA name", elem_id="train-name",
+        output_name = gr.Textbox(value=last.get("output_name", "my_lora"), label="Output name", elem_id="train-name",
                                  scale=2)
     with gr.Row():
         instance_prompt = gr.Textbox(value=last.get("instance_prompt", ""), label="Instance prompt (DreamBooth)",
@@ -136,14 +141,15 @@ def render_train_tab(ui: UIContext) -> None:
         class_prompt = gr.Textbox(value="", label="Class prompt", placeholder="a photo of a dog", scale=2)
         num_class = gr.Number(value=50, precision=0, label="Class images")
     with gr.Row():
-        resolution = gr.Number(value=last.get("resolution", 512), precision=0, label="Resolution")
+        resolution = gr.Number(value=last.get("resolution", 512), precision=0, label="Resolution", elem_id="train-resolution")
         rank = gr.Number(value=last.get("rank", 16), precision=0, label="Rank")
         alpha = gr.Number(value=last.get("alpha", 16), label="Alpha")
         learning_rate = gr.Number(value=last.get("learning_rate", 1e-4), label="Learning rate")
         scheduler = gr.Dropdown(choices=list(LR_SCHEDULERS), value="constant", label="LR scheduler")
         warmup = gr.Number(value=0, precision=0, label="Warm-up steps")
     with gr.Row():
-        max_steps = gr.Number(value=last.get("max_steps", 500), precision=0, label="Steps (0 = use epochs)")
+        max_steps = gr.Number(value=last.get("max_steps", 500), precision=0, label="Steps (0 = use epochs)",
+                              elem_id="train-steps")
         epochs = gr.Number(value=1, precision=0, label="Epochs")
         batch_size = gr.Number(value=1, precision=0, label="Batch size")
         accumulation = gr.Number(value=1, precision=0, label="Gradient accumulation")
@@ -164,6 +170,11 @@ def render_train_tab(ui: UIContext) -> None:
         validation_prompts = gr.Textbox(value="", label="Validation prompts (one a line)", lines=2, scale=3)
         validation_every = gr.Number(value=0, precision=0, label="Validate every N steps (0 = at the end)")
     with gr.Row():
+        mode = gr.Radio(choices=[("LoRA", "lora"), ("Full fine-tune", "full")], value=last.get("mode", "lora"),
+                        label="Mode", elem_id="train-mode")
+        use_ema = gr.Checkbox(value=False, label="EMA (full fine-tune)", elem_id="train-ema")
+        qlora = gr.Checkbox(value=False, label="QLoRA: NF4-quantized base (CUDA + bitsandbytes)", elem_id="train-qlora")
+    with gr.Row():
         start = gr.Button("Start", variant="primary", elem_id="train-start")
         cancel = gr.Button("Cancel", elem_id="train-cancel")
         resume = gr.Button("Resume", elem_id="train-resume")
@@ -177,7 +188,7 @@ def render_train_tab(ui: UIContext) -> None:
                      resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
                      accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
                      min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every,
-                     resume_run: bool) -> TrainConfig:
+                     mode="lora", use_ema=False, qlora=False, *, resume_run: bool) -> TrainConfig:
         name = (output_name or "").strip()
         config = TrainConfig(
             model=model or context.default_model, models_dir=str(context.models_dir),
@@ -195,6 +206,7 @@ def render_train_tab(ui: UIContext) -> None:
             center_crop=bool(center_crop), bucketing=bool(bucketing),
             validation_prompts=[line.strip() for line in (validation_prompts or "").splitlines() if line.strip()],
             validation_every=int(validation_every or 0), resume=resume_run,
+            mode=mode or "lora", use_ema=bool(use_ema) and mode == "full", quantize_base="nf4" if qlora else "none",
             device="auto",
         )
         config.validate()
@@ -231,7 +243,7 @@ def render_train_tab(ui: UIContext) -> None:
         ui.remember(SCOPE, {"model": config.model, "output_name": name, "instance_prompt": config.instance_prompt,
                             "use_captions": config.use_captions, "resolution": config.resolution,
                             "rank": config.rank, "alpha": config.alpha, "learning_rate": config.learning_rate,
-                            "max_steps": config.max_steps})
+                            "max_steps": config.max_steps, "mode": config.mode})
         process = TrainingProcess(config, num_processes=int(context.settings.get("train.num_processes", 1)))
         process.start(fresh=not resume_run)
         runs["current"] = process
@@ -240,24 +252,26 @@ def render_train_tab(ui: UIContext) -> None:
     def start_run(dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class,
                   resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
                   accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
-                  min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every):
+                  min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every,
+                  mode="lora", use_ema=False, qlora=False):
         """Start a fresh training run and follow it to the end."""
         yield from launch(False, dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt,
                           num_class, resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs,
                           batch_size, accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8,
                           text_encoder, min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts,
-                          validation_every)
+                          validation_every, mode, use_ema, qlora)
 
     def resume_run(dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class,
                    resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
                    accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
-                   min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every):
-        """Continue the run of this LoRA name from its latest checkpoint."""
+                   min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every,
+                   mode="lora", use_ema=False, qlora=False):
+        """Continue the run of this output name from its latest checkpoint."""
         yield from launch(True, dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt,
                           num_class, resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs,
                           batch_size, accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8,
                           text_encoder, min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts,
-                          validation_every)
+                          validation_every, mode, use_ema, qlora)
 
     def cancel_run() -> str:
         """Ask the running trainer to save a checkpoint and stop."""
@@ -270,7 +284,8 @@ def render_train_tab(ui: UIContext) -> None:
     inputs = [dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class, resolution,
               rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size, accumulation,
               checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder, min_snr, noise_offset, seed,
-              random_flip, center_crop, bucketing, validation_prompts, validation_every]
+              random_flip, center_crop, bucketing, validation_prompts, validation_every, mode, use_ema,
+              qlora]
     outputs = [progress, loss_plot, gallery, log_box]
     start.click(start_run, inputs=inputs, outputs=outputs, api_name="train_start", concurrency_id="training")
     resume.click(resume_run, inputs=inputs, outputs=outputs, api_name="train_resume", concurrency_id="training")

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+MODES = ("lora", "full")
+QUANTIZE_BASE = ("none", "nf4")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -33,6 +35,9 @@ class TrainConfig:
     models_dir: str = "models"          # resolves model names; the LoRA goes to <models_dir>/Lora/
     dataset_dir: str = ""
     output_name: str = "my_lora"
+    mode: str = "lora"                  # "lora": LoRA adapters; "full": fine-tune the whole UNet / SD3 transformer
+    use_ema: bool = False               # full mode: keep an EMA of the weights and save it as the model
+    ema_decay: float = 0.9999
     run_dir: str = ""                   # checkpoints, logs, progress; default <models_dir>/../training/<name>
     caption_extension: str = ".txt"
     instance_prompt: str = ""           # DreamBooth: used for images without a caption (or for all)
@@ -53,6 +58,7 @@ class TrainConfig:
     alpha: float = 16.0
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     train_text_encoder: bool = False
+    quantize_base: str = "none"         # "nf4": QLoRA, LoRA on a bitsandbytes NF4-quantized UNet/transformer (CUDA)
     text_encoder_lr: float | None = None
     # optimisation
     learning_rate: float = 1e-4
@@ -90,6 +96,18 @@ class TrainConfig:
             raise ConfigError("No dataset folder given")
         if not self.output_name or any(ch in self.output_name for ch in "/\\:") or self.output_name.startswith("."):
             raise ConfigError(f"Output name {self.output_name!r} must be a plain file name")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}")
+        if self.mode == "full" and self.train_text_encoder:
+            raise ConfigError("full fine-tuning trains the UNet / transformer only; turn text-encoder training off")
+        if self.quantize_base not in QUANTIZE_BASE:
+            raise ConfigError(f"quantize_base must be one of {QUANTIZE_BASE}")
+        if self.quantize_base != "none" and self.mode != "lora":
+            raise ConfigError("a quantized (NF4) base trains LoRA adapters only (QLoRA); use mode 'lora'")
+        if self.use_ema and self.mode != "full":
+            raise ConfigError("EMA is for full fine-tuning (mode 'full')")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError("ema_decay must be between 0 and 1")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISION}")
         if self.lr_scheduler not in LR_SCHEDULERS:
@@ -113,6 +131,10 @@ class TrainConfig:
 
     @property
     def output_file(self) -> Path:
+        """Where the result goes: ``Lora/<name>.safetensors`` (LoRA) or the diffusers folder
+        ``Stable-diffusion/<name>/`` (full fine-tune), which the txt2img model list shows."""
+        if self.mode == "full":
+            return Path(self.models_dir) / "Stable-diffusion" / self.output_name
         return self.lora_dir / f"{self.output_name}.safetensors"
 
     @property

@@ -20,6 +20,12 @@ What a run writes in its run folder (``config.run_path``):
 * a file ``STOP`` (written at any time, even before training starts) makes the run save a
   checkpoint at the next step boundary, delete the file and stop (the tab's Cancel).
 
+Full fine-tune (``mode="full"``): the whole UNet / SD3 transformer trains in fp32 (autocast for
+mixed precision), optionally with an EMA of its weights (``diffusers.training_utils.EMAModel``,
+kept in the checkpoints and saved as the model); the result is the base pipeline with the
+trained denoiser, saved as a diffusers folder ``<models_dir>/Stable-diffusion/<output_name>/``
+(``save_pretrained(safe_serialization=True)``, staged and swapped in) that txt2img lists.
+
 The LoRA goes to ``<models_dir>/Lora/<output_name>.safetensors``: kohya keys (``lora_unet_...``,
 ``lora_down``/``lora_up``, ``.alpha``) for SD1/SD2/SDXL, which AUTOMATIC1111, ComfyUI and
 diffusers read; diffusers/peft keys (``transformer.…lora_A/B``, alpha folded into B) for SD3.
@@ -96,18 +102,54 @@ class EventLog:
 # model
 
 
-def load_base(config: TrainConfig):
-    """(pipeline in fp32 on the CPU, family) for ``config.model``."""
-    from webui.pipelines.loaders import detect_family, load_pipeline
+def qlora_reason(device: torch.device) -> str | None:
+    """Why an NF4-quantized base (QLoRA) cannot train on ``device`` (None when it can)."""
+    import importlib.util
+
+    if device.type != "cuda":
+        return f"bitsandbytes NF4 needs CUDA (this device is {device.type})"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed (pip install bitsandbytes)"
+    return None
+
+
+def quantized_denoiser(pipe, source, family: str, compute_dtype: torch.dtype):
+    """The pipeline's UNet / SD3 transformer loaded again with bitsandbytes NF4 (diffusers'
+    ``BitsAndBytesConfig``; it quantizes while loading, onto the current CUDA device). Diffusers
+    folders and hub models load from their ``unet``/``transformer`` subfolder; other sources
+    (single files, the built-in tiny models) are first written to a temporary diffusers folder."""
+    import tempfile
+
+    from diffusers import BitsAndBytesConfig
+
+    name = "transformer" if family == "sd3" else "unet"
+    current = getattr(pipe, name)
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=compute_dtype)
+    kwargs = dict(torch_dtype=compute_dtype, quantization_config=quantization)
+    if source.kind in ("folder", "hub"):
+        return type(current).from_pretrained(source.location, subfolder=name, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="easel-qlora-") as tmp:
+        current.save_pretrained(tmp, safe_serialization=True)
+        return type(current).from_pretrained(tmp, **kwargs)
+
+
+def resolve_source(config: TrainConfig):
+    """The ModelSource of ``config.model``: a name Easel lists, or an absolute folder/file path."""
     from webui.pipelines.sources import ModelCatalog, ModelSource
 
-    catalog = ModelCatalog(Path(config.models_dir))
     name = config.model
     if Path(name).exists() and Path(name).is_absolute():
         path = Path(name)
-        source = ModelSource(name=path.name, kind="folder" if path.is_dir() else "file", location=str(path))
-    else:
-        source = catalog.resolve(name)
+        return ModelSource(name=path.name, kind="folder" if path.is_dir() else "file", location=str(path))
+    return ModelCatalog(Path(config.models_dir)).resolve(name)
+
+
+def load_base(config: TrainConfig):
+    """(pipeline in fp32 on the CPU, family) for ``config.model``."""
+    from webui.pipelines.loaders import detect_family, load_pipeline
+
+    source = resolve_source(config)
     family = detect_family(source)
     if family not in TRAINABLE_FAMILIES:
         raise ConfigError(f"{source.name} is a {family} model; LoRA training supports {', '.join(TRAINABLE_FAMILIES)}")
@@ -145,6 +187,10 @@ class LoraTrainer:
         self.config = config
         self.should_stop = should_stop or (lambda: False)
         cpu = config.device == "cpu" or not torch.cuda.is_available()
+        if config.quantize_base == "nf4":
+            reason = qlora_reason(torch.device("cpu") if cpu else torch.device("cuda"))
+            if reason:
+                raise ConfigError(f"QLoRA (an NF4-quantized base model) is not available: {reason}")
         if config.mixed_precision == "fp16" and cpu:
             raise ConfigError("fp16 mixed precision needs a CUDA GPU; use bf16 or no on the CPU")
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -175,9 +221,24 @@ class LoraTrainer:
         square = (config.resolution, config.resolution)
         self.buckets = make_buckets(config.resolution) if config.bucketing else [square]
         self._epoch_plans: dict[int, list[list[int]]] = {}
+        if config.mode == "full":
+            source = resolve_source(config)
+            if source.kind in ("folder", "file") and Path(source.location).resolve() == config.output_file.resolve():
+                raise ConfigError(f"The output name {config.output_name!r} is the base model itself; a full "
+                                  "fine-tune must not overwrite it: pick another output name")
         self.pipe, self.family = load_base(config)
         pipe = self.pipe
         pipe.set_progress_bar_config(disable=True)
+        if config.quantize_base == "nf4":
+            from peft import prepare_model_for_kbit_training
+
+            compute = self.weight_dtype if self.weight_dtype != torch.float32 else torch.bfloat16
+            quantized = quantized_denoiser(pipe, resolve_source(config), self.family, compute)
+            name = "transformer" if self.family == "sd3" else "unet"
+            setattr(pipe, name, None)
+            pipe.register_modules(**{name: quantized})
+            # norms and other unquantized weights to fp32, as the diffusers QLoRA scripts do
+            prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
         self.denoiser = pipe.transformer if self.family == "sd3" else pipe.unet
         self.text_encoders = [te for te in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None),
                                             getattr(pipe, "text_encoder_3", None)) if te is not None]
@@ -185,7 +246,9 @@ class LoraTrainer:
             module.requires_grad_(False)
         # frozen weights in the mixed-precision dtype; the VAE stays fp32 (an fp16 VAE gives NaN latents)
         cast = {} if self.weight_dtype == torch.float32 else {"dtype": self.weight_dtype}
-        self.denoiser.to(self.device, **cast)
+        # full fine-tune: the trained weights stay fp32 (autocast computes in the mixed dtype)
+        if config.quantize_base == "none":  # a bitsandbytes model is already on its device, and keeps its dtypes
+            self.denoiser.to(self.device, **({} if config.mode == "full" else cast))
         for te in self.text_encoders:
             te.to(self.device, **cast)
         pipe.vae.to(self.device)
@@ -194,7 +257,17 @@ class LoraTrainer:
             self.class_examples = self._class_images()
         else:
             self.class_examples = []
-        self._add_lora()
+        self.ema = None
+        if config.mode == "full":
+            self.denoiser.requires_grad_(True)
+            self.lora_text_encoders = []
+            if config.use_ema:
+                from diffusers.training_utils import EMAModel
+
+                self.ema = EMAModel(self.denoiser.parameters(), decay=config.ema_decay)
+                self.ema.to(self.device)
+        else:
+            self._add_lora()
         if config.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
             if config.train_text_encoder:
@@ -466,6 +539,10 @@ class LoraTrainer:
     def _lora_state(self) -> dict[str, dict[str, torch.Tensor]]:
         from peft.utils import get_peft_model_state_dict
 
+        if self.config.mode == "full":
+            model = self.accelerator.unwrap_model(self.model)
+            return {"denoiser": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+
         state = {"denoiser": {k: v.detach().cpu().clone()
                               for k, v in get_peft_model_state_dict(self.accelerator.unwrap_model(self.model)).items()}}
         for index, te in enumerate(self.lora_text_encoders):
@@ -480,6 +557,7 @@ class LoraTrainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             payload = {"step": step, "lora": self._lora_state(), "optimizer": self.optimizer.state_dict(),
+                       "ema": self.ema.state_dict() if self.ema is not None else None,
                        "lr_scheduler": self.lr_scheduler.state_dict(), "total_steps": self.total_steps,
                        "config": asdict(self.config)}
             buffer = io.BytesIO()
@@ -495,7 +573,15 @@ class LoraTrainer:
         from peft.utils import set_peft_model_state_dict
 
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        set_peft_model_state_dict(self.accelerator.unwrap_model(self.model), payload["lora"]["denoiser"])
+        if self.config.mode == "full":
+            self.accelerator.unwrap_model(self.model).load_state_dict(payload["lora"]["denoiser"])
+            if self.ema is not None:
+                if not payload.get("ema"):
+                    raise ConfigError(f"{path} holds no EMA weights; resume with use_ema off or start afresh")
+                self.ema.load_state_dict(payload["ema"])
+                self.ema.to(self.device)
+        else:
+            set_peft_model_state_dict(self.accelerator.unwrap_model(self.model), payload["lora"]["denoiser"])
         for index, te in enumerate(self.lora_text_encoders):
             set_peft_model_state_dict(te, payload["lora"][f"text_encoder_{index}"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -555,6 +641,7 @@ class LoraTrainer:
             "easel_seed": str(config.seed),
             "easel_target_modules": ",".join(config.target_modules),
             "easel_text_encoder": str(bool(self.lora_text_encoders)),
+            "easel_quantized_base": self.config.quantize_base,
         }
         if self.prediction_type:
             meta["easel_prediction_type"] = self.prediction_type
@@ -564,9 +651,45 @@ class LoraTrainer:
     def prediction_type(self) -> str | None:
         return "flow_matching" if self.family == "sd3" else self.train_scheduler.config.prediction_type
 
+    def save_full_model(self, step: int) -> Path:
+        """Full fine-tune: the base pipeline with the trained (EMA, when on) UNet / transformer as a
+        diffusers folder ``Stable-diffusion/<name>/``, written beside and swapped in atomically."""
+        import shutil
+
+        target = self.config.output_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}-saving"
+        shutil.rmtree(staging, ignore_errors=True)
+        model = self.accelerator.unwrap_model(self.model)
+        params = list(model.parameters())
+        if self.ema is not None:
+            self.ema.store(params)
+            self.ema.copy_to(params)
+        try:
+            self.pipe.save_pretrained(str(staging), safe_serialization=True)
+        finally:
+            if self.ema is not None:
+                self.ema.restore(params)
+        meta = self.metadata(step, "diffusers")
+        meta.update({"easel_mode": "full", "easel_ema": str(self.ema is not None),
+                     "easel_ema_decay": str(self.config.ema_decay)})
+        for key in [k for k in meta if k.startswith("ss_network") or k in ("easel_rank", "easel_alpha",
+                                                                           "easel_target_modules")]:
+            meta.pop(key)
+        (staging / "easel_training.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        old = target.parent / f".{target.name}-old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return target
+
     def save_output(self, step: int) -> Path:
         from safetensors.torch import save
 
+        if self.config.mode == "full":
+            return self.save_full_model(step)
         state, fmt = self.export_state_dict()
         path = self.config.output_file
         atomic_write_bytes(path, save(state, metadata=self.metadata(step, fmt)))
@@ -618,7 +741,7 @@ class LoraTrainer:
         result = TrainResult(status="running", step=step, total_steps=self.total_steps,
                              skipped=list(self.dataset.skipped))
         self.log("start", step=step, total_steps=self.total_steps, family=self.family, examples=len(self.dataset),
-                 processes=self.accelerator.num_processes, output=str(config.output_file))
+                 processes=self.accelerator.num_processes, output=str(config.output_file), mode=config.mode)
         result.eval_loss_start = self.eval_loss()
         self.log("eval", step=step, loss=result.eval_loss_start)
         self.model.train()
@@ -654,6 +777,8 @@ class LoraTrainer:
                 self.optimizer.step()
                 self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.step(self.accelerator.unwrap_model(self.model).parameters())
             step += 1
             mean_loss = float(self.accelerator.reduce(torch.tensor([sum(losses) / len(losses)], device=self.device),
                                                       reduction="mean").item())
