@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
-CHROMIUM = Path("/usr/bin/chromium")
+from tests.browser_support import CHROMIUM, LAUNCH_ARGS, pick, playwright_or_skip
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-if not CHROMIUM.exists():
-    pytest.skip("Debian's chromium is not installed (python launch.py --test installs it)", allow_module_level=True)
-
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync"]
-
-
-def pick(page, elem_id: str, text: str) -> None:
-    field = page.locator(f"#{elem_id} input").first
-    field.click()
-    field.fill(text)
-    page.get_by_role("option", name=re.compile(re.escape(text))).first.click()
+playwright_api = playwright_or_skip()
 
 
 def test_upload_type_prompts_and_see_the_new_background(live_server, tmp_path):

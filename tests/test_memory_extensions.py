@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from webui.api import ExtensionError, GenerationRequest, is_available, option_availability, parse_size
-from webui.errors import GenerationError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

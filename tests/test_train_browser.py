@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
+from tests.browser_support import CHROMIUM, LAUNCH_ARGS, pick, playwright_or_skip, set_number
 from tests.test_training import make_images
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-if not CHROMIUM.exists():
-    pytest.skip("Debian's chromium is not installed (python launch.py --test installs it)", allow_module_level=True)
-
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync"]
-
-
-def pick(page, elem_id: str, text: str) -> None:
-    field = page.locator(f"#{elem_id} input").first
-    field.click()
-    field.fill(text)
-    page.get_by_role("option", name=re.compile(re.escape(text))).first.click()
-
-
-def set_number(page, elem_id: str, value: str) -> None:
-    number = page.locator(f"#{elem_id} input[type=number]")
-    number.fill(value)
-    number.press("Enter")
+playwright_api = playwright_or_skip()
 
 
 def test_train_a_lora_in_the_browser_and_find_it_in_txt2img(live_server, tmp_path):

@@ -3,11 +3,9 @@ in diffusers, and a two-process accelerate launch on the CPU."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
