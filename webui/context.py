@@ -61,6 +61,24 @@ class EaselContext:
         """
         return self.plugins.call(name, **kwargs)
 
+    def extension_infotext_fields(self, request: GenerationRequest, model) -> dict:
+        """Every extension's ``infotext_fields`` for this job, merged, keys A1111 cannot read dropped."""
+        from webui.generation import extension_infotext_fields
+
+        return extension_infotext_fields(self, request, model)
+
+    def extension_call_kwargs(self, request: GenerationRequest, model) -> dict:
+        """Every extension's ``pipeline_call_kwargs`` for this job, merged (later extensions win)."""
+        from webui.generation import extension_call_kwargs
+
+        return extension_call_kwargs(self, request, model)
+
+    def out_of_memory_answers(self, request: GenerationRequest, model, error: BaseException) -> tuple[list, bool]:
+        """Free the device memory and ask the ``out_of_memory`` hooks: (advice sentences, retry wanted)."""
+        from webui.generation import out_of_memory_answers
+
+        return out_of_memory_answers(self, request, model, error)
+
     def list_models(self) -> list["ModelSource"]:
         """Every model a user can pick: built-ins, local files and folders, hub presets."""
         return self.pipelines.list_models()

@@ -58,6 +58,41 @@ def clean_extension_fields(fields: dict[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
+def extension_infotext_fields(context: "EaselContext", request: GenerationRequest, model: "LoadedModel") -> dict:
+    """The ``infotext_fields`` of every extension for this job, merged and cleaned."""
+    merged: dict[str, Any] = {}
+    for fields in context.plugins.call("infotext_fields", request=request, model=model):
+        merged.update(clean_extension_fields(fields))
+    return merged
+
+
+def extension_call_kwargs(context: "EaselContext", request: GenerationRequest, model: "LoadedModel") -> dict:
+    """The ``pipeline_call_kwargs`` of every extension for this job, merged (later ones win)."""
+    merged: dict[str, Any] = {}
+    for kwargs in context.plugins.call("pipeline_call_kwargs", request=request, model=model):
+        merged.update(kwargs)
+    return merged
+
+
+def out_of_memory_answers(context: "EaselContext", request: GenerationRequest, model: "LoadedModel",
+                          error: BaseException) -> tuple[list[str], bool]:
+    """Free the memory, then ask the ``out_of_memory`` hooks: (advice sentences, retry asked for)."""
+    _free_memory(model.device)
+    advice: list[str] = []
+    retry = False
+    try:
+        for answer in context.plugins.call("out_of_memory", request=request, model=model, context=context,
+                                           error=error):
+            if isinstance(answer, dict):
+                if answer.get("advice"):
+                    advice.append(str(answer["advice"]))
+                retry = retry or bool(answer.get("retry"))
+    except EaselError as refusal:
+        advice.append(str(refusal))
+    _free_memory(model.device)
+    return advice, retry
+
+
 def build_image_infotext(request: GenerationRequest, model: "LoadedModel", seed: int, extra: dict[str, Any]) -> str:
     """A1111-format infotext for one image (sampler and schedule type as A1111 1.9+ writes them)."""
     sampler, schedule_type = resolve_sampler(request.sampler, request.schedule_type, model.family)
@@ -143,18 +178,7 @@ class _OutOfMemory(Exception):
 def _out_of_memory(context: "EaselContext", request: GenerationRequest, model: "LoadedModel",
                    exc: BaseException) -> _OutOfMemory:
     """Free the memory, ask the memory extensions for advice (and a retry), build the message."""
-    _free_memory(model.device)
-    advice: list[str] = []
-    retry = False
-    try:
-        for answer in context.plugins.call("out_of_memory", request=request, model=model, context=context, error=exc):
-            if isinstance(answer, dict):
-                if answer.get("advice"):
-                    advice.append(str(answer["advice"]))
-                retry = retry or bool(answer.get("retry"))
-    except EaselError as refusal:
-        advice.append(str(refusal))
-    _free_memory(model.device)
+    advice, retry = out_of_memory_answers(context, request, model, exc)
     hint = " ".join(advice) or ("Try a smaller size or batch, or a lower-memory profile "
                                 "(--medvram / --lowvram, VAE tiling, CPU offload).")
     message = (f"Out of memory on {model.device} at {request.width}x{request.height}, batch size "
@@ -211,12 +235,8 @@ def _run_batches(context: "EaselContext", request: GenerationRequest, model: "Lo
     pipe = model.pipeline
     base_seed = resolve_seed(request.seed)
     prompt_kwargs = prompt_arguments(pipe, model.family, request.prompt, request.negative_prompt)
-    extra_fields: dict[str, Any] = {}
-    for fields in context.plugins.call("infotext_fields", request=request, model=model):
-        extra_fields.update(clean_extension_fields(fields))
-    call_kwargs: dict[str, Any] = {}
-    for kwargs in context.plugins.call("pipeline_call_kwargs", request=request, model=model):
-        call_kwargs.update(kwargs)
+    extra_fields = extension_infotext_fields(context, request, model)
+    call_kwargs = extension_call_kwargs(context, request, model)
     total = request.batch_count * request.batch_size
     for batch_index in range(request.batch_count):
         if job.interrupted:

@@ -216,12 +216,8 @@ def replace_background(context, image: Image.Image, mask: np.ndarray, options: R
         try:
             # The per-job hooks of the memory extensions, LoRA, ... as in txt2img.
             context.call_hook("before_generation", request=request, model=model, context=context)
-            extra_fields: dict[str, Any] = {}
-            for fields in context.call_hook("infotext_fields", request=request, model=model):
-                extra_fields.update(_clean_fields(fields))
-            call_kwargs: dict[str, Any] = {}
-            for kwargs in context.call_hook("pipeline_call_kwargs", request=request, model=model):
-                call_kwargs.update(kwargs)
+            extra_fields = context.extension_infotext_fields(request, model)
+            call_kwargs = context.extension_call_kwargs(request, model)
             pipe = inpaint_pipeline(model)
             pipe.scheduler = make_scheduler(model.base_scheduler_config, request.sampler, request.schedule_type,
                                             model.family, seed=seed)
@@ -252,8 +248,9 @@ def replace_background(context, image: Image.Image, mask: np.ndarray, options: R
         except EaselError:
             raise
         except torch.OutOfMemoryError as exc:
-            advice = _out_of_memory_advice(context, request, model, exc)
-            raise GenerationError(f"Out of memory inpainting at {work.width}x{work.height}: {advice or ''}"
+            advice, _ = context.out_of_memory_answers(request, model, exc)  # no automatic retry here
+            advice_text = " ".join(advice) + " " if advice else ""
+            raise GenerationError(f"Out of memory inpainting at {work.width}x{work.height}: {advice_text}"
                                   "lower the working size or use a lower-memory profile. "
                                   "The server is still running.") from exc
         except Exception as exc:
@@ -282,37 +279,6 @@ def generation_request(options: ReplaceOptions, model_name: str, seed: int, inpu
         extras={**options.extras, "background.task": "inpaint", "background.strength": float(options.strength),
                 "background.input_size": (int(input_size[0]), int(input_size[1]))},
     )
-
-
-_FORBIDDEN_KEY_MARKS = (":", ",", "\n", "\r", '"')
-
-
-def _clean_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """Extension infotext keys that A1111 can parse back (same rule as txt2img)."""
-    cleaned = {}
-    for key, value in (fields or {}).items():
-        if isinstance(key, str) and key.strip() and not any(mark in key for mark in _FORBIDDEN_KEY_MARKS):
-            cleaned[key.strip()] = value
-        else:
-            log.warning("Ignoring infotext field %r from an extension: keys may not contain : , or quotes", key)
-    return cleaned
-
-
-def _out_of_memory_advice(context, request: GenerationRequest, model, error: BaseException) -> str:
-    """Free memory and ask the memory extensions which option would help (no automatic retry here)."""
-    import gc
-
-    gc.collect()
-    if model.device.type == "cuda":
-        torch.cuda.empty_cache()
-    advice = []
-    try:
-        for answer in context.call_hook("out_of_memory", request=request, model=model, context=context, error=error):
-            if isinstance(answer, dict) and answer.get("advice"):
-                advice.append(str(answer["advice"]))
-    except EaselError as refusal:
-        advice.append(str(refusal))
-    return " ".join(advice) + " " if advice else ""
 
 
 def _infotext_params(options: ReplaceOptions, model, seed: int, size: tuple[int, int],
