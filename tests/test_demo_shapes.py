@@ -63,3 +63,17 @@ def test_noise_is_not_mistaken_for_a_shape():
     verdict = judge(noisy)
     spec = ShapeSpec(shape="circle", colour="red", background="blue", size="small")
     assert not all(verdict.matches(spec).values())
+
+
+def test_template_matching_tells_every_shape_apart_the_held_out_heart_included():
+    from webui.demo_model.judge import template_scores, template_shape
+
+    shapes = SHAPES + HELD_OUT_SHAPES
+    for index in range(120):
+        image, _, spec = sample(11, index, 128, shapes)
+        assert template_shape(image) == spec.shape, spec
+    heart = render(ShapeSpec(shape="heart", colour="red", background="blue", size="large"))
+    scores = template_scores(heart)
+    assert scores["heart"] > 0.95 and scores["circle"] < scores["heart"] - 0.05
+    blank = render(ShapeSpec(shape="circle", colour="red", background="blue", size="small")).resize((8, 8))
+    assert template_shape(blank.resize((128, 128)).point(lambda _: 128)) is None

@@ -95,6 +95,20 @@ class EaselContext:
         except Exception:  # noqa: BLE001 - unknown or unreadable: the generation reports it properly
             return None
 
+    def model_source(self, name: str) -> "ModelSource | None":
+        """The listed source called ``name`` (None for names that are not listed, e.g. hub ids)."""
+        return next((source for source in self.list_models() if source.name == name), None)
+
+    def native_size_of(self, name: str) -> int | None:
+        """The image side a model was trained at (its own, else its family's), None when unknown."""
+        from webui.pipelines.families import FAMILY_NATIVE_SIZES
+
+        source = self.model_source(name)
+        if source is not None and source.native_size:
+            return source.native_size
+        family = self.family_of(name)
+        return FAMILY_NATIVE_SIZES.get(family) if family else None
+
     def extensions(self) -> list["ExtensionInfo"]:
         """What is loaded, disabled or failed, for the Extensions page."""
         return list(self.plugins.extensions.values())

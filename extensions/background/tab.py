@@ -180,7 +180,8 @@ def render_background_tab(ui: UIContext) -> None:
             feather = gr.Slider(0, 32, value=last.get("feather", 4), step=1, label="Edge blend (px)")
             decontaminate = gr.Slider(0, 1, value=last.get("decontaminate", 0.5), step=0.05,
                                       label="Edge colour decontamination")
-            work_side = gr.Slider(256, 2048, value=1024, step=64, label="Working size (long side, px)",
+            work_side = gr.Slider(128, 2048, value=context.native_size_of(model_default) or 1024, step=64,
+                                  label="Working size (long side, px; follows the model's native size)",
                                   elem_id="background-work-side")
 
     # ----- events ---------------------------------------------------------------------------
@@ -370,13 +371,17 @@ def render_background_tab(ui: UIContext) -> None:
                   api_name="background_replace", concurrency_id="generation")
 
     def follow_model(name, current):
+        """A new model: its family's samplers, and its native size as the working size."""
         fam = context.family_of(name) or "sd1"
         choices = samplers_for(fam)
         chosen = current if current in choices else choices[0]
-        return gr.update(choices=choices, value=chosen), gr.update(choices=schedule_types_for(chosen, fam),
-                                                                    value="Automatic")
+        side = context.native_size_of(name) if name else None
+        return (gr.update(choices=choices, value=chosen),
+                gr.update(choices=schedule_types_for(chosen, fam), value="Automatic"),
+                gr.update(value=side) if side else gr.skip())
 
-    model.change(follow_model, inputs=[model, sampler], outputs=[sampler, schedule], api_name=False, queue=False)
+    model.change(follow_model, inputs=[model, sampler], outputs=[sampler, schedule, work_side], api_name=False,
+                 queue=False)
 
     def follow_sampler(name, sampler_name, current):
         fam = context.family_of(name) or "sd1"

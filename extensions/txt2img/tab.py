@@ -20,11 +20,6 @@ from webui.api import (
 
 SCOPE = "txt2img"
 POLL_SECONDS = 0.25
-TINY_NOTE = (
-    "**{name}** is a built-in tiny model with random weights: it draws noise. It is here to try the UI offline. "
-    "For real images put a `.safetensors` checkpoint in `models/Stable-diffusion/` or pick a hub model "
-    "(needs network on first use)."
-)
 REMEMBERED = ("model", "prompt", "negative_prompt", "sampler", "schedule_type", "steps", "width", "height",
               "cfg_scale", "seed", "batch_count", "batch_size")
 
@@ -34,10 +29,9 @@ def _model_choices(ui: UIContext) -> list[tuple[str, str]]:
 
 
 def _model_note(ui: UIContext, name: str) -> str:
-    for source in ui.context.list_models():
-        if source.name == name and source.kind == "builtin":
-            return TINY_NOTE.format(name=name)
-    return ""
+    """What the UI says about a model (the demo and built-in models explain what they draw)."""
+    source = ui.context.model_source(name)
+    return source.note if source is not None else ""
 
 
 def _all_samplers() -> list[str]:
@@ -53,7 +47,9 @@ def render_txt2img_tab(ui: UIContext) -> None:
     last = ui.last_used(SCOPE)
     model_names = [name for _, name in _model_choices(ui)]
     model_default = last.get("model") if last.get("model") in model_names else context.default_model
+    default_side = context.native_size_of(model_default) or 512
     job_holder = gr.State({})
+    model_side = gr.State(default_side)
 
     with gr.Row():
         model = gr.Dropdown(choices=_model_choices(ui), value=model_default, label="Model", scale=4,
@@ -89,9 +85,9 @@ def render_txt2img_tab(ui: UIContext) -> None:
                                        allow_custom_value=True)
             steps = gr.Slider(1, 150, value=last.get("steps", 20), step=1, label="Steps", elem_id="txt2img-steps")
             with gr.Row():
-                width = gr.Slider(64, context.max_side, value=last.get("width", 512), step=8, label="Width",
+                width = gr.Slider(64, context.max_side, value=last.get("width", default_side), step=8, label="Width",
                                   elem_id="txt2img-width")
-                height = gr.Slider(64, context.max_side, value=last.get("height", 512), step=8, label="Height",
+                height = gr.Slider(64, context.max_side, value=last.get("height", default_side), step=8, label="Height",
                                    elem_id="txt2img-height")
             with gr.Row():
                 batch_count = gr.Slider(1, 100, value=last.get("batch_count", 1), step=1, label="Batch count")
@@ -193,12 +189,19 @@ def render_txt2img_tab(ui: UIContext) -> None:
         return gr.update(choices=choices, value=current), gr.update(choices=choices)
 
     refresh.click(refresh_models, inputs=model, outputs=[model, refiner_model], api_name=False, queue=False)
-    def follow_model(name: str, current_sampler: str):
+
+    def follow_model(name: str, current_sampler: str, previous_side: int | None, current_width: float,
+                     current_height: float):
+        """A new model: its note, its family's samplers, and its native size where the size was the old one's."""
         family = context.family_of(name) if name else None
         choices = samplers_for(family) if family else _all_samplers()
         chosen = current_sampler if current_sampler in choices else (
             "Euler a" if "Euler a" in choices else choices[0])
-        return _model_note(ui, name), gr.update(choices=choices, value=chosen)
+        side = context.native_size_of(name) if name else None
+        untouched = previous_side is not None and int(current_width) == int(current_height) == int(previous_side)
+        size_update = gr.update(value=side) if side and untouched else gr.skip()
+        return (_model_note(ui, name), gr.update(choices=choices, value=chosen), side or previous_side,
+                size_update, size_update)
 
     def follow_sampler(name: str, sampler_name: str, current_schedule: str):
         family = context.family_of(name) or "sd1"
@@ -208,5 +211,6 @@ def render_txt2img_tab(ui: UIContext) -> None:
             choices = SCHEDULE_TYPES
         return gr.update(choices=choices, value=current_schedule if current_schedule in choices else choices[0])
 
-    model.change(follow_model, inputs=[model, sampler], outputs=[model_note, sampler], api_name=False, queue=False)
+    model.change(follow_model, inputs=[model, sampler, model_side, width, height],
+                 outputs=[model_note, sampler, model_side, width, height], api_name=False, queue=False)
     sampler.change(follow_sampler, inputs=[model, sampler, schedule], outputs=schedule, api_name=False, queue=False)

@@ -49,6 +49,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "sliced": {"settings": {"vae.tiling": "off", "attention.backend": "sliced", "attention.slice_size": "max"},
                "exact": True},
     "vae-sliced": {"settings": {"vae.tiling": "off", "vae.slicing": True}, "exact": True},
+    "channels-last": {"settings": {"vae.tiling": "off", "speed.channels_last": True}, "exact": True},
     "vae-tiled": {"settings": {"vae.tiling": "on"}, "exact": False},
     "medvram": {"settings": {"presets.profile": "medvram"}, "exact": False},
     "lowvram": {"settings": {"presets.profile": "lowvram"}, "exact": False},

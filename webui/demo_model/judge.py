@@ -9,12 +9,13 @@ its kind follows from the convex hull (solidity, corner count) and the box's asp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from webui.demo_model.shapes import COLOURS, ShapeSpec
+from webui.demo_model.shapes import COLOURS, HELD_OUT_SHAPES, SHAPES, ShapeSpec, render
 
 COLOUR_NAMES = list(COLOURS)
 COLOUR_TABLE = np.array([COLOURS[name] for name in COLOUR_NAMES], dtype=np.float32)
@@ -72,24 +73,84 @@ def _shape_kind(mask: np.ndarray) -> str | None:
     return "circle"
 
 
+def _border_colour(pixels: np.ndarray) -> np.ndarray:
+    """The median RGB of the two-pixel border (the background colour)."""
+    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3), pixels[:, :2].reshape(-1, 3),
+                             pixels[:, -2:].reshape(-1, 3)])
+    return np.median(border, axis=0)
+
+
+def _largest_foreground(pixels: np.ndarray, background_rgb: np.ndarray) -> np.ndarray:
+    mask = np.linalg.norm(pixels - background_rgb, axis=2) > FOREGROUND_DISTANCE
+    if mask.sum() < 12:
+        return np.zeros(mask.shape, bool)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
+    return labels == 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
+
+
+def foreground_mask(image: Image.Image) -> np.ndarray:
+    """The largest connected region that differs from the border's median colour (may be empty)."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return _largest_foreground(pixels, _border_colour(pixels))
+
+
+TEMPLATE_ROTATIONS = (-8.0, 0.0, 8.0)  # the training data's rotation jitter spans these
+
+
+@lru_cache(maxsize=None)
+def _canonical(shape: str, rotation: float) -> np.ndarray:
+    drawn = np.asarray(render(ShapeSpec(shape=shape, colour="white", background="black", size="large",
+                                        rotation=rotation), 256))
+    mask = drawn[..., 0] > 127
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.uint8) * 255
+
+
+def _template(shape: str, rotation: float, width: int, height: int) -> np.ndarray:
+    """The mask of ``shape`` cropped to its bounding box and stretched to ``width`` x ``height``."""
+    return cv2.resize(_canonical(shape, rotation), (width, height), interpolation=cv2.INTER_AREA) > 127
+
+
+def template_scores(image: Image.Image, shapes: tuple[str, ...] = SHAPES + HELD_OUT_SHAPES) -> dict[str, float]:
+    """Per shape, the IoU of the image's foreground with that shape fitted to the same bounding box.
+
+    Unlike :func:`judge`'s corner counting this covers the held-out ``heart`` too, so it can
+    tell whether a LoRA taught the model to draw one.
+    """
+    mask = foreground_mask(image)
+    if not mask.any():
+        return {shape: 0.0 for shape in shapes}
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    crop = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    height, width = crop.shape
+    scores = {}
+    for shape in shapes:
+        scores[shape] = max(
+            float((template & crop).sum() / max((template | crop).sum(), 1))
+            for template in (_template(shape, rotation, width, height) for rotation in TEMPLATE_ROTATIONS))
+    return scores
+
+
+def template_shape(image: Image.Image, shapes: tuple[str, ...] = SHAPES + HELD_OUT_SHAPES) -> str | None:
+    """The shape whose fitted template overlaps the image's foreground best (None when there is none)."""
+    scores = template_scores(image, shapes)
+    best = max(scores, key=scores.get)
+    return best if scores[best] > 0 else None
+
+
 def judge(image: Image.Image) -> Judgement:
     """Classify an RGB image of one shape on a plain background."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     side = pixels.shape[0]
-    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3), pixels[:, :2].reshape(-1, 3),
-                             pixels[:, -2:].reshape(-1, 3)])
-    background_rgb = np.median(border, axis=0)
-    mask = np.linalg.norm(pixels - background_rgb, axis=2) > FOREGROUND_DISTANCE
+    background_rgb = _border_colour(pixels)
     background = nearest_colour(background_rgb)
-    if mask.sum() < 12:
+    mask = _largest_foreground(pixels, background_rgb)
+    if not mask.any():
         return Judgement(colour=None, background=background, shape=None, size=None)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
-    largest = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
-    mask = labels == largest
     interior = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     colour_pixels = pixels[interior] if interior.sum() >= 4 else pixels[mask]
     colour = nearest_colour(np.median(colour_pixels, axis=0))
-    width = stats[largest, cv2.CC_STAT_WIDTH] / side
-    height = stats[largest, cv2.CC_STAT_HEIGHT] / side
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    width, height = (cols[-1] - cols[0] + 1) / side, (rows[-1] - rows[0] + 1) / side
     size = "large" if max(width, height) > LARGE_SIDE else "small"
     return Judgement(colour=colour, background=background, shape=_shape_kind(mask), size=size)

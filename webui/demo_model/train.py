@@ -276,7 +276,20 @@ def train(config: DemoTrainConfig, out_dir: Path, work_dir: Path, stop_after: in
     record = {"config": asdict(config), "seed": config.seed, "scaling_factor": scaling,
               "created": time.strftime("%Y-%m-%d %H:%M:%S"), "trainer": "webui.demo_model.train"}
     (out_dir / "training.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    _record_in_headers(out_dir, record)
     return out_dir
+
+
+def _record_in_headers(out_dir: Path, record: dict) -> None:
+    """Write the training record into every weights file's safetensors header too."""
+    from safetensors.torch import load_file, save_file
+
+    text = json.dumps(record, sort_keys=True)
+    for path in sorted(Path(out_dir).rglob("*.safetensors")):
+        tensors = load_file(str(path))
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt", "easel_demo_training": text})
+        os.replace(tmp, path)
 
 
 def main() -> None:

@@ -22,6 +22,9 @@ FAMILY_LABELS = {
     "sd3": "SD 3/3.5",
 }
 
+#: The square side each family was trained at (what a new image defaults to).
+FAMILY_NATIVE_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024, "sdxl-refiner": 1024, "sd3": 1024}
+
 
 class UnsupportedModelError(EaselError, ValueError):
     """A model that is not one of the supported families; the message says what it is."""

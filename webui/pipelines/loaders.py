@@ -7,7 +7,6 @@ Loading always happens on the CPU; the manager moves the pipeline to the device 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from webui.pipelines.families import (
     family_from_model_index,
     is_inpainting_checkpoint,
 )
-from webui.pipelines.sources import ModelSource, sidecar_config
+from webui.pipelines.sources import ModelSource, hub_offline, sidecar_config
 from webui.pipelines.tiny import build_tiny_pipeline
 
 log = logging.getLogger(__name__)
@@ -63,10 +62,6 @@ def _sd_extra_kwargs(family: str) -> dict:
     if family in ("sd1", "sd2"):
         return {"safety_checker": None, "requires_safety_checker": False}
     return {}
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def detect_family(source: ModelSource) -> str:

@@ -1,4 +1,4 @@
-"""Where models come from: built-in tiny models, local files and folders, hub presets.
+"""Where models come from: the offline demo model, built-in tiny models, local files and folders, hub presets.
 
 Names are what the UI and the API use to pick a model. A name is only ever resolved to
 one of the listed sources or to a hub repository id; a path from a request is never read
@@ -8,13 +8,34 @@ directly, so nothing outside the configured models folder is touched.
 from __future__ import annotations
 
 import json
+import os
 import re
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from webui.errors import EaselError
 from webui.pipelines.families import FAMILIES
 from webui.pipelines.tiny import TINY_MODELS
+
+REPO_MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"
+DEMO_MODEL_NAME = "easel-shapes"
+DEMO_MODEL_DIR = REPO_MODELS_DIR / "demo" / DEMO_MODEL_NAME
+DEMO_NATIVE_SIZE = 128
+GET_A_REAL_MODEL = (
+    "For real images put a `.safetensors` checkpoint in `models/Stable-diffusion/` or pick a hub model "
+    "such as Stable Diffusion 1.5 (needs network on first use)."
+)
+DEMO_NOTE = (
+    "**{name}** is Easel's offline demo model: a small model trained here on coloured shapes. It draws prompts "
+    "like *a small red circle on a blue background* (shapes: circle, square, triangle, star, diamond, cross; "
+    "sizes small/large; positions left/right/top/bottom) at 128x128, and nothing else. " + GET_A_REAL_MODEL
+)
+TINY_NOTE = (
+    "**{name}** is a built-in tiny model with random weights: it draws noise. It is here to try the UI offline. "
+    + GET_A_REAL_MODEL
+)
 
 CHECKPOINT_SUBDIR = "Stable-diffusion"
 SAFE_WEIGHT_SUFFIXES = (".safetensors",)
@@ -43,10 +64,32 @@ class ModelSource:
     label: str = ""
     family: str | None = None
     gated: bool = False
+    note: str = ""  # what the UI tells a user who picks this model (markdown), if anything
+    native_size: int | None = None  # the side the model was trained at, when it is not its family's
 
     @property
     def display_name(self) -> str:
         return self.label or self.name
+
+
+def hub_offline() -> bool:
+    """True when the user asked huggingface_hub to stay offline (``HF_HUB_OFFLINE=1``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether the model hub answers within ``timeout`` seconds (never asked when offline is set)."""
+    if hub_offline():
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(endpoint + "/api/models?limit=1", method="HEAD"),
+                                    timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except (OSError, ValueError):
+        return False
 
 
 def load_presets(path: Path = PRESETS_FILE) -> list[ModelSource]:
@@ -115,9 +158,18 @@ def builtin_models() -> list[ModelSource]:
     """The tiny offline models (random weights: their images are noise)."""
     return [
         ModelSource(name=name, kind="builtin", location=name, label=f"{name} (built-in, random weights: draws noise)",
-                    family=family)
+                    family=family, note=TINY_NOTE.format(name=name))
         for name, family in TINY_MODELS.items()
     ]
+
+
+def demo_models(folder: Path = DEMO_MODEL_DIR) -> list[ModelSource]:
+    """The offline demo model shipped with Easel (a trained SD 1.x-architecture folder), when present."""
+    if not _is_diffusers_folder(folder):
+        return []
+    return [ModelSource(name=DEMO_MODEL_NAME, kind="folder", location=str(folder),
+                        label=f"{DEMO_MODEL_NAME} (offline demo model: coloured shapes, 128 px)", family="sd1",
+                        note=DEMO_NOTE.format(name=DEMO_MODEL_NAME), native_size=DEMO_NATIVE_SIZE)]
 
 
 def sidecar_config(source: ModelSource) -> Path | None:
@@ -142,8 +194,24 @@ class ModelCatalog:
         self.presets = load_presets()
 
     def list(self) -> list[ModelSource]:
-        """Built-ins first, then local models, then hub presets."""
-        return builtin_models() + scan_local_models(self.models_dir, self.allow_pickle) + self.presets
+        """The demo model and the built-ins first, then local models, then hub presets."""
+        return (demo_models() + builtin_models() + scan_local_models(self.models_dir, self.allow_pickle)
+                + self.presets)
+
+    def default_name(self, hub_reachable: bool) -> str:
+        """The model picked when none is configured.
+
+        A local checkpoint if there is one; else, with the hub in reach, the first preset
+        (Stable Diffusion 1.5, downloaded on first use as AUTOMATIC1111 does); else the
+        offline demo model; else the first built-in tiny model.
+        """
+        local = scan_local_models(self.models_dir, self.allow_pickle)
+        if local:
+            return local[0].name
+        if hub_reachable and self.presets:
+            return self.presets[0].name
+        offline = demo_models() or builtin_models()
+        return offline[0].name
 
     def names(self) -> list[str]:
         return [source.name for source in self.list()]
