@@ -1,10 +1,13 @@
-"""A person trains a LoRA in the Train tab: headless Debian chromium through Playwright, tiny at 64 px."""
+"""A person trains a LoRA in the Train tab, and reloads the page while a run trains: headless Debian
+chromium through Playwright, tiny at 64 px."""
 
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
+from gradio_client import Client
 
 from tests.browser_support import CHROMIUM, LAUNCH_ARGS, pick, playwright_or_skip, set_number
 from tests.test_training import make_images
@@ -53,3 +56,44 @@ def test_train_a_lora_in_the_browser_and_find_it_in_txt2img(live_server, tmp_pat
             page.get_by_role("option", name=re.compile(name)).first.wait_for(state="visible", timeout=15_000)
         finally:
             browser.close()
+
+
+def test_a_reloaded_page_follows_the_running_run_and_cancels_it(live_server):
+    context = live_server["context"]
+    make_images(context.datasets_dir / "reattach_set", count=2)
+    name = "browser_reattach"
+    from tests.test_train_tab import TRAIN_ARGS
+
+    # the run is started by someone else (another browser); this page never pressed Start
+    job = Client(live_server["url"], verbose=False).submit(
+        **dict(TRAIN_ARGS, dataset="reattach_set", output_name=name, max_steps=400, checkpoint_every=0,
+               validation_prompts=""), api_name="/train_start")
+    deadline = time.time() + 120
+    while time.time() < deadline and not any("running" in output[0] for output in job.outputs()):
+        if job.done():
+            job.result()  # raises the run's error
+        time.sleep(0.2)
+    assert any("running" in output[0] for output in job.outputs()), (job.status(), job.outputs()[-1:])
+    running = "() => /running.*step [1-9]/.test(document.querySelector('#train-progress')?.innerText || '')"
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            for visit in ("open", "reload"):
+                if visit == "open":
+                    page.goto(live_server["url"], wait_until="domcontentloaded")
+                else:
+                    page.reload(wait_until="domcontentloaded")
+                page.get_by_role("tab", name="Train").wait_for(state="visible", timeout=60_000)
+                page.get_by_role("tab", name="Train").click()
+                page.wait_for_function(running, timeout=60_000)
+                assert name in page.locator("#train-progress").inner_text()
+                page.locator("#train-loss canvas, #train-loss svg").first.wait_for(state="visible", timeout=15_000)
+            page.locator("#train-cancel").click()
+            page.wait_for_function(
+                "() => /cancelled/.test(document.querySelector('#train-progress')?.innerText || '')", timeout=120_000)
+        finally:
+            browser.close()
+    assert "cancelled" in job.result(timeout=60)[0]
+    assert sorted((context.training_dir / name / "checkpoints").glob("*.pt"))
+    assert not (context.lora_dir / f"{name}.safetensors").exists()

@@ -1,9 +1,12 @@
 """Full fine-tune mode: the whole UNet / SD3 transformer trained (optionally with EMA), saved as a
-diffusers folder in models/Stable-diffusion/ that txt2img lists and loads; resume == uninterrupted."""
+diffusers folder in models/Stable-diffusion/ that txt2img lists and loads; resume == uninterrupted;
+two data-parallel processes through accelerate launch on the CPU (gloo)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -11,10 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from webui.jobs import GenerationRequest
-from webui.training import ConfigError, train
+from webui.training import ConfigError, save_config, train
 from webui.training.trainer import LoraTrainer
 
-from tests.test_training import config_for, make_images
+from tests.test_training import ROOT, config_for, make_images
 
 SMALL = dict(width=64, height=64, steps=3, sampler="Euler")
 
@@ -102,3 +105,26 @@ def test_full_finetune_never_overwrites_its_base_model(tmp_path):
     with pytest.raises(ConfigError, match="overwrite"):
         train(config_for(tmp_path, model="mybase", mode="full", output_name="mybase"))
     assert sorted(p.name for p in base.rglob("*")) == before
+
+
+def test_full_finetune_accelerate_launch_two_processes_on_cpu(tmp_path):
+    make_images(tmp_path / "data")
+    config = config_for(tmp_path, mode="full", use_ema=True, max_steps=2, batch_size=1, checkpoint_every=1,
+                        output_name="two_procs_full")
+    config_file = save_config(config, tmp_path / "train.json")
+    from webui.training.launch import launch_command
+
+    command = launch_command(config_file, num_processes=2, mixed_precision="no")
+    assert command[command.index("--num_processes") + 1] == "2" and "--multi_gpu" in command
+    env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # one output (written by the main process only): the diffusers folder, no LoRA file
+    assert sorted(p.name for p in (tmp_path / "models" / "Stable-diffusion").iterdir()) == ["two_procs_full"]
+    assert (tmp_path / "models" / "Stable-diffusion" / "two_procs_full" / "model_index.json").is_file()
+    assert not (tmp_path / "models" / "Lora").exists() or not any((tmp_path / "models" / "Lora").iterdir())
+    events = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    start = [event for event in events if event["event"] == "start"]
+    assert start[0]["processes"] == 2 and start[0]["mode"] == "full"
+    assert [event["event"] for event in events].count("done") == 1
+    assert _unet_weights(tmp_path / "models" / "Stable-diffusion" / "two_procs_full")

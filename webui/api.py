@@ -21,13 +21,18 @@ Hooks, with their contracts, are documented in :mod:`webui.hookspecs`.
 LoRA training is public too (the built-in Train tab uses only this): :class:`TrainConfig` (the
 JSON config ``python -m webui.train`` reads), :class:`TrainingProcess` (starts ``accelerate
 launch`` in a child process, Cancel, log tail), :func:`read_training_events` (the trainer's
-``progress.jsonl``), ``TrainingConfigError``, ``LR_SCHEDULERS``, ``MIXED_PRECISION``; the
-context's ``lora_dir``, ``datasets_dir`` and ``training_dir`` name the folders.
+``progress.jsonl``), :func:`training_log_tail` (the end of its ``train.log``),
+``TrainingConfigError``, ``LR_SCHEDULERS``, ``MIXED_PRECISION``; the context's ``lora_dir``,
+``datasets_dir`` and ``training_dir`` name the folders.
+
+Added in 1.2: ``EaselContext.extension_state`` (per-app state of extensions, reachable from
+every browser session), :meth:`UIContext.on_page_load` (run a function each time a browser
+opens or reloads the page, e.g. to re-attach to a running job) and :func:`training_log_tail`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pluggy
@@ -68,6 +73,7 @@ from webui.plugins import API_VERSION
 from webui.training.config import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
 from webui.training.config import ConfigError as TrainingConfigError
 from webui.training.launch import TrainingProcess
+from webui.training.launch import log_tail as training_log_tail
 from webui.training.launch import read_events as read_training_events
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -106,6 +112,24 @@ class UIContext:
     """What a tab's ``render`` gets: the app context plus UI helpers."""
 
     context: EaselContext
+    blocks: Any = field(default=None, repr=False)
+    """The ``gr.Blocks`` being built (set by the shell); use :meth:`on_page_load` rather than this."""
+
+    def on_page_load(self, fn: Callable[..., Any], *, inputs: Any = None, outputs: Any = None,
+                     **event_options: Any) -> Any:
+        """Run ``fn`` each time a browser opens or reloads the page (Gradio's ``Blocks.load``). API 1.2.
+
+        For a tab whose state outlives one page: a reloaded page (or a second browser) gets
+        the current state instead of empty outputs, and a generator ``fn`` keeps streaming
+        it (re-attaching to a running job). ``inputs``/``outputs`` are as in any Gradio event;
+        ``event_options`` are Gradio event options (``api_name``, ``concurrency_limit``,
+        ``show_progress``, ...). A long-running ``fn`` should set ``concurrency_limit=None``
+        or its own ``concurrency_id``, or open pages would use up the app's default limit.
+        Returns Gradio's event dependency. Only while the shell builds the UI (inside ``render``).
+        """
+        if self.blocks is None:
+            raise RuntimeError("on_page_load is available only while Easel builds its UI (inside a tab's render)")
+        return self.blocks.load(fn, inputs=inputs, outputs=outputs, **event_options)
 
     def render_generation_controls(self, tab_id: str) -> list[tuple[str, Any]]:
         """Render the controls extensions registered for ``tab_id``; returns ``(key, component)`` pairs.
@@ -181,6 +205,7 @@ __all__ = [
     "prompt_arguments",
     "read_infotext",
     "read_training_events",
+    "training_log_tail",
     "resolve_seed",
     "samplers_for",
     "schedule_types_for",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,15 @@ class EaselContext:
     data_dir: Path
     default_model: str = "tiny"
     max_side: int = 2048
+    extension_state: dict[str, Any] = field(default_factory=dict)
+    """Per-app state of extensions (API 1.2), one entry per extension under its own name.
+
+    For objects that must outlive one page or session but not the app, e.g. the Train tab's
+    running training process, which every browser session (and a reloaded page) must reach.
+    Use ``context.extension_state.setdefault("myext", ...)`` rather than module-level
+    globals: two apps in one process (tests, several servers) then keep apart. Not saved;
+    settings that must survive a restart belong in :meth:`UIContext.remember`.
+    """
 
     @property
     def lora_dir(self) -> Path:

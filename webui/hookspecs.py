@@ -67,7 +67,9 @@ def app_started(context):
     """Called once after all extensions are loaded and settings registered.
 
     ``context`` is the :class:`webui.api.EaselContext` of the running app. Use it to
-    prepare state that needs the app (not for heavy work: the UI is not up yet).
+    prepare state that needs the app (not for heavy work: the UI is not up yet); keep such
+    state in ``context.extension_state[<your extension's name>]`` (API 1.2), not in
+    module-level globals.
     Returns nothing.
     """
 

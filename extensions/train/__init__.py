@@ -8,19 +8,28 @@ in ``models/Lora/`` and shows up in txt2img's LoRA picker; a full fine-tune (mod
 fine-tune", optional EMA) lands as a diffusers folder in ``models/Stable-diffusion/`` and shows
 up in txt2img's model list.
 
+The running process belongs to the app, not to a page: it is kept in
+``context.extension_state["train"]`` (:class:`TrainState`), so a reloaded page or a second
+browser re-attaches to it on load (the ``train_follow`` event, also an API endpoint) and
+Cancel works from any of them. With nothing running, a page shows the last run's final state,
+read from its ``progress.jsonl`` under ``context.training_dir`` (also after a server restart).
+
 Datasets are picked from the folders inside ``<data-dir>/datasets`` only; the UI never takes
 a path.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from webui.api import (
     LR_SCHEDULERS,
     MIXED_PRECISION,
+    EaselContext,
     Setting,
     Tab,
     TrainConfig,
@@ -28,11 +37,39 @@ from webui.api import (
     TrainingProcess,
     UIContext,
     hookimpl,
+    read_training_events,
+    training_log_tail,
 )
 
-EASEL_API_VERSION = "1.0"
+EASEL_API_VERSION = "1.2"
 POLL_SECONDS = 1.0
 SCOPE = "train"
+FINISHED = ("done", "cancelled")
+ENDED = (*FINISHED, "error")  # the trainer's last events: after one of these it only exits
+EXIT_GRACE_SECONDS = 60.0
+
+
+@dataclass
+class TrainState:
+    """The Train tab's per-app state, shared by every browser session of one app.
+
+    ``current`` is the run this app started last (running or finished); ``lock`` keeps two
+    sessions from starting runs at the same moment.
+    """
+
+    current: TrainingProcess | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+def train_state(context: EaselContext) -> TrainState:
+    """This app's :class:`TrainState` (``context.extension_state["train"]``, made on first use)."""
+    return context.extension_state.setdefault(SCOPE, TrainState())
+
+
+@hookimpl
+def app_started(context):
+    """Create the Train tab's per-app state (see :class:`TrainState`)."""
+    train_state(context)
 
 
 @hookimpl
@@ -66,7 +103,7 @@ def dataset_path(datasets_dir: Path, name: str) -> Path:
 def summarize(events: list[dict[str, Any]]) -> dict[str, Any]:
     """What the tab shows, from the trainer's events."""
     summary: dict[str, Any] = {"status": "starting", "step": 0, "total": None, "epoch": 0.0, "losses": [],
-                               "images": [], "skipped": [], "message": "", "eval": []}
+                               "images": [], "skipped": [], "message": "", "eval": [], "checkpoint": ""}
     for event in events:
         kind = event.get("event")
         if kind == "start":
@@ -77,6 +114,8 @@ def summarize(events: list[dict[str, Any]]) -> dict[str, Any]:
             summary["losses"].append((event["step"], event["loss"]))
         elif kind == "eval":
             summary["eval"].append((event["step"], event["loss"]))
+        elif kind == "checkpoint":
+            summary["checkpoint"] = event.get("path", "")
         elif kind == "validation":
             summary["images"] = [(path, f"step {event['step']}: {prompt}")
                                  for path, prompt in zip(event.get("images", []), event.get("prompts", []))]
@@ -90,7 +129,26 @@ def summarize(events: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def settle(summary: dict[str, Any], returncode: int | None) -> dict[str, Any]:
+    """The summary of a run whose trainer is no longer running.
+
+    A run that did not end with ``done`` or ``cancelled`` is ``failed`` when it wrote an error
+    or its process is known (``returncode``), else ``interrupted`` (the server was restarted
+    while it trained, so nothing is left to finish it; Resume can).
+    """
+    if summary["status"] in FINISHED:
+        return summary
+    if summary["status"] == "error" or returncode is not None:
+        summary["status"] = "failed"
+        summary["message"] = summary["message"] or f"the trainer exited with code {returncode}"
+    else:
+        summary["status"] = "interrupted"
+        summary["message"] = "No trainer of this server is running it (was the server restarted while it trained?)."
+    return summary
+
+
 def progress_text(summary: dict[str, Any], name: str) -> str:
+    """The progress line (Markdown) of run ``name``: status, step, epoch, losses and what to do next."""
     status = summary["status"]
     total = summary["total"] or "?"
     line = f"**{status}** · step {summary['step']}/{total} · epoch {summary['epoch']:.2f}"
@@ -98,28 +156,51 @@ def progress_text(summary: dict[str, Any], name: str) -> str:
         line += f" · loss {summary['losses'][-1][1]:.4f}"
     if summary["eval"]:
         line += " · eval loss " + " → ".join(f"{loss:.4f}" for _, loss in summary["eval"])
+    if name:
+        line += f" · run `{name}`"
     if summary["message"]:
         line += f"\n\n{summary['message']}"
     if status == "done" and summary.get("mode") == "full":
         line += f"\n\nModel **{name}** saved to Stable-diffusion; pick it in txt2img's model list."
     elif status == "done":
         line += f"\n\nLoRA **{name}** saved; pick it in txt2img (LoRA) or write `<lora:{name}:1>`."
-    if status == "cancelled":
+    if status == "cancelled" or (status in ("interrupted", "failed") and summary.get("checkpoint")):
         line += "\n\nStopped; the last checkpoint is kept — **Resume** continues from it."
     if summary["skipped"]:
         line += "\n\nSkipped (unreadable): " + ", ".join(summary["skipped"])
     return line
 
 
+def finishing(process: TrainingProcess, timeout: float = EXIT_GRACE_SECONDS) -> bool:
+    """Wait up to ``timeout`` seconds for a trainer that reported its end to exit; whether it did."""
+    deadline = time.monotonic() + timeout
+    while process.running and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not process.running
+
+
+def latest_run_dir(training_dir: Path) -> Path | None:
+    """The run folder under ``training_dir`` whose progress file changed last, or None."""
+    newest: tuple[float, Path] | None = None
+    for progress_file in Path(training_dir).glob("*/progress.jsonl"):
+        try:
+            stamp = progress_file.stat().st_mtime
+        except OSError:  # removed meanwhile (a run starting afresh)
+            continue
+        if newest is None or stamp > newest[0]:
+            newest = (stamp, progress_file.parent)
+    return None if newest is None else newest[1]
+
+
 def render_train_tab(ui: UIContext) -> None:
-    """Build the Train tab."""
+    """Build the Train tab: the form, Start/Cancel/Resume, and outputs that re-attach on page load."""
     import gradio as gr
     import pandas as pd
 
     context = ui.context
     context.datasets_dir.mkdir(parents=True, exist_ok=True)
     last = ui.last_used(SCOPE)
-    runs: dict[str, TrainingProcess] = {}
+    state = train_state(context)
     models = [source.name for source in context.list_models()
               if (context.family_of(source.name) or "sd1") in ("sd1", "sd2", "sdxl", "sd3")]
 
@@ -184,111 +265,133 @@ def render_train_tab(ui: UIContext) -> None:
     gallery = gr.Gallery(label="Validation images", columns=4, elem_id="train-validation", interactive=False)
     log_box = gr.Textbox(label="Log (tail)", lines=8, visible=True, interactive=False, elem_id="train-log")
 
-    def build_config(dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class,
-                     resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
-                     accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
-                     min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every,
-                     mode="lora", use_ema=False, qlora=False, *, resume_run: bool) -> TrainConfig:
-        name = (output_name or "").strip()
+    # The form, once: the keys are the parameter names of the train_start / train_resume API endpoints
+    # (in this order for positional callers) and of build_config's ``values``.
+    form = dict(dataset=dataset, model=model, output_name=output_name, instance_prompt=instance_prompt,
+                use_captions=use_captions, prior=prior, class_prompt=class_prompt, num_class=num_class,
+                resolution=resolution, rank=rank, alpha=alpha, learning_rate=learning_rate, scheduler=scheduler,
+                warmup=warmup, max_steps=max_steps, epochs=epochs, batch_size=batch_size, accumulation=accumulation,
+                checkpoint_every=checkpoint_every, keep=keep, mixed_precision=mixed_precision,
+                checkpointing=checkpointing, adam8=adam8, text_encoder=text_encoder, min_snr=min_snr,
+                noise_offset=noise_offset, seed=seed, random_flip=random_flip, center_crop=center_crop,
+                bucketing=bucketing, validation_prompts=validation_prompts, validation_every=validation_every,
+                mode=mode, use_ema=use_ema, qlora=qlora)
+    outputs = [progress, loss_plot, gallery, log_box]
+
+    def build_config(values: dict[str, Any], *, resume_run: bool) -> TrainConfig:
+        """The validated TrainConfig of the form ``values`` (keys as in ``form``)."""
+        v = values
+        name = (v["output_name"] or "").strip()
+        mode_value = v.get("mode") or "lora"
         config = TrainConfig(
-            model=model or context.default_model, models_dir=str(context.models_dir),
-            dataset_dir=str(dataset_path(context.datasets_dir, dataset)), output_name=name,
+            model=v["model"] or context.default_model, models_dir=str(context.models_dir),
+            dataset_dir=str(dataset_path(context.datasets_dir, v["dataset"])), output_name=name,
             run_dir=str(context.training_dir / name) if name and "/" not in name and "\\" not in name else "",
-            instance_prompt=instance_prompt or "", use_captions=bool(use_captions),
-            prior_preservation=bool(prior), class_prompt=class_prompt or "", num_class_images=int(num_class or 0),
-            resolution=int(resolution), rank=int(rank), alpha=float(alpha), learning_rate=float(learning_rate),
-            lr_scheduler=scheduler, lr_warmup_steps=int(warmup or 0), max_steps=int(max_steps or 0),
-            epochs=int(epochs or 0), batch_size=int(batch_size), gradient_accumulation_steps=int(accumulation),
-            checkpoint_every=int(checkpoint_every or 0), keep_checkpoints=int(keep or 1),
-            mixed_precision=mixed_precision, gradient_checkpointing=bool(checkpointing), use_8bit_adam=bool(adam8),
-            train_text_encoder=bool(text_encoder), min_snr_gamma=float(min_snr or 0),
-            noise_offset=float(noise_offset or 0), seed=int(seed), random_flip=bool(random_flip),
-            center_crop=bool(center_crop), bucketing=bool(bucketing),
-            validation_prompts=[line.strip() for line in (validation_prompts or "").splitlines() if line.strip()],
-            validation_every=int(validation_every or 0), resume=resume_run,
-            mode=mode or "lora", use_ema=bool(use_ema) and mode == "full", quantize_base="nf4" if qlora else "none",
-            device="auto",
+            instance_prompt=v["instance_prompt"] or "", use_captions=bool(v["use_captions"]),
+            prior_preservation=bool(v["prior"]), class_prompt=v["class_prompt"] or "",
+            num_class_images=int(v["num_class"] or 0), resolution=int(v["resolution"]), rank=int(v["rank"]),
+            alpha=float(v["alpha"]), learning_rate=float(v["learning_rate"]), lr_scheduler=v["scheduler"],
+            lr_warmup_steps=int(v["warmup"] or 0), max_steps=int(v["max_steps"] or 0), epochs=int(v["epochs"] or 0),
+            batch_size=int(v["batch_size"]), gradient_accumulation_steps=int(v["accumulation"]),
+            checkpoint_every=int(v["checkpoint_every"] or 0), keep_checkpoints=int(v["keep"] or 1),
+            mixed_precision=v["mixed_precision"], gradient_checkpointing=bool(v["checkpointing"]),
+            use_8bit_adam=bool(v["adam8"]), train_text_encoder=bool(v["text_encoder"]),
+            min_snr_gamma=float(v["min_snr"] or 0), noise_offset=float(v["noise_offset"] or 0), seed=int(v["seed"]),
+            random_flip=bool(v["random_flip"]), center_crop=bool(v["center_crop"]), bucketing=bool(v["bucketing"]),
+            validation_prompts=[line.strip() for line in (v["validation_prompts"] or "").splitlines() if line.strip()],
+            validation_every=int(v["validation_every"] or 0), resume=resume_run, mode=mode_value,
+            use_ema=bool(v.get("use_ema")) and mode_value == "full",
+            quantize_base="nf4" if v.get("qlora") else "none", device="auto",
         )
         config.validate()
         return config
 
-    def follow(process: TrainingProcess, name: str):
-        """Yield the tab's outputs until the training process ends."""
+    def view(summary: dict[str, Any], name: str, log: Any) -> tuple:
+        """The four outputs (progress, loss plot, gallery, log) for one summary."""
+        frame = pd.DataFrame({"step": [s for s, _ in summary["losses"]],
+                              "loss": [loss for _, loss in summary["losses"]]})
+        return progress_text(summary, name), frame, summary["images"], log
+
+    def follow(process: TrainingProcess, *, raise_on_failure: bool = True):
+        """Yield the tab's outputs until the training process ends (a failure raises when asked)."""
+        name = process.config.output_name
         while True:
             alive = process.running
             summary = summarize(process.events())
-            frame = pd.DataFrame({"step": [s for s, _ in summary["losses"]],
-                                  "loss": [loss for _, loss in summary["losses"]]})
-            if not alive:
-                if summary["status"] not in ("done", "cancelled"):
-                    summary["status"] = "failed"
-                    summary["message"] = (summary["message"] or f"the trainer exited with code {process.returncode}")
-                    tail = process.log_tail(60)
-                    yield progress_text(summary, name), frame, summary["images"], tail
-                    raise gr.Error(f"Training failed: {summary['message']}", print_exception=False)
-                yield progress_text(summary, name), frame, summary["images"], ""
+            if alive:
+                yield view(summary, name, gr.skip())
+                time.sleep(POLL_SECONDS)
+                continue
+            if summary["status"] in FINISHED:
+                yield view(summary, name, "")
                 return
-            yield progress_text(summary, name), frame, summary["images"], gr.skip()
-            time.sleep(POLL_SECONDS)
+            settle(summary, process.returncode)
+            yield view(summary, name, process.log_tail(60))
+            if raise_on_failure:
+                raise gr.Error(f"Training failed: {summary['message']}", print_exception=False)
+            return
 
-    def launch(resume_run: bool, *values):
+    def launch(values: dict[str, Any], *, resume_run: bool):
+        """Validate the form, start the trainer (one run per app at a time) and follow it."""
         try:
-            config = build_config(*values, resume_run=resume_run)
-        except (TrainingConfigError, ValueError, TypeError) as exc:
+            config = build_config(values, resume_run=resume_run)
+        except (TrainingConfigError, ValueError, TypeError, KeyError) as exc:
             raise gr.Error(str(exc), print_exception=False) from None
-        name = config.output_name
-        current = runs.get("current")
-        if current is not None and current.running:
-            raise gr.Error("A training run is already going; cancel it first.", print_exception=False)
-        ui.remember(SCOPE, {"model": config.model, "output_name": name, "instance_prompt": config.instance_prompt,
-                            "use_captions": config.use_captions, "resolution": config.resolution,
-                            "rank": config.rank, "alpha": config.alpha, "learning_rate": config.learning_rate,
-                            "max_steps": config.max_steps, "mode": config.mode})
-        process = TrainingProcess(config, num_processes=int(context.settings.get("train.num_processes", 1)))
-        process.start(fresh=not resume_run)
-        runs["current"] = process
-        yield from follow(process, name)
+        with state.lock:
+            current = state.current
+            if current is not None and current.running and summarize(current.events())["status"] in ENDED:
+                finishing(current)  # it reported its end and is only exiting
+            if current is not None and current.running:
+                raise gr.Error(f"The run `{current.config.output_name}` is still training; cancel it first.",
+                               print_exception=False)
+            ui.remember(SCOPE, {"model": config.model, "output_name": config.output_name,
+                                "instance_prompt": config.instance_prompt, "use_captions": config.use_captions,
+                                "resolution": config.resolution, "rank": config.rank, "alpha": config.alpha,
+                                "learning_rate": config.learning_rate, "max_steps": config.max_steps,
+                                "mode": config.mode})
+            process = TrainingProcess(config, num_processes=int(context.settings.get("train.num_processes", 1)))
+            process.start(fresh=not resume_run)
+            state.current = process
+        yield from follow(process)
 
-    def start_run(dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class,
-                  resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
-                  accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
-                  min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every,
-                  mode="lora", use_ema=False, qlora=False):
-        """Start a fresh training run and follow it to the end."""
-        yield from launch(False, dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt,
-                          num_class, resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs,
-                          batch_size, accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8,
-                          text_encoder, min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts,
-                          validation_every, mode, use_ema, qlora)
+    def start_run(**values):
+        """Start a fresh training run from the form and follow it to the end (API: ``train_start``)."""
+        yield from launch(values, resume_run=False)
 
-    def resume_run(dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class,
-                   resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size,
-                   accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder,
-                   min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts, validation_every,
-                   mode="lora", use_ema=False, qlora=False):
-        """Continue the run of this output name from its latest checkpoint."""
-        yield from launch(True, dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt,
-                          num_class, resolution, rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs,
-                          batch_size, accumulation, checkpoint_every, keep, mixed_precision, checkpointing, adam8,
-                          text_encoder, min_snr, noise_offset, seed, random_flip, center_crop, bucketing, validation_prompts,
-                          validation_every, mode, use_ema, qlora)
+    def resume_run(**values):
+        """Continue the run of this output name from its latest checkpoint (API: ``train_resume``)."""
+        yield from launch(values, resume_run=True)
 
     def cancel_run() -> str:
-        """Ask the running trainer to save a checkpoint and stop."""
-        process = runs.get("current")
+        """Ask the running trainer, whichever page started it, to save a checkpoint and stop (API: ``train_cancel``)."""
+        process = state.current
         if process is None or not process.running:
             return "Nothing is training."
         process.cancel()
-        return "Stopping after the current step (a checkpoint is saved)…"
+        return f"Stopping `{process.config.output_name}` after the current step (a checkpoint is saved)…"
 
-    inputs = [dataset, model, output_name, instance_prompt, use_captions, prior, class_prompt, num_class, resolution,
-              rank, alpha, learning_rate, scheduler, warmup, max_steps, epochs, batch_size, accumulation,
-              checkpoint_every, keep, mixed_precision, checkpointing, adam8, text_encoder, min_snr, noise_offset, seed,
-              random_flip, center_crop, bucketing, validation_prompts, validation_every, mode, use_ema,
-              qlora]
-    outputs = [progress, loss_plot, gallery, log_box]
-    start.click(start_run, inputs=inputs, outputs=outputs, api_name="train_start", concurrency_id="training")
-    resume.click(resume_run, inputs=inputs, outputs=outputs, api_name="train_resume", concurrency_id="training")
+    def reattach():
+        """On page load: follow the running run to its end, else show the last run's final state (``train_follow``)."""
+        process = state.current
+        if process is not None and process.running:
+            yield from follow(process, raise_on_failure=False)
+            return
+        if process is not None:
+            run_dir, name, returncode = process.run_dir, process.config.output_name, process.returncode
+        else:  # nothing started since the server started: the newest run folder on disk, if any
+            run_dir = latest_run_dir(context.training_dir)
+            if run_dir is None:
+                yield "", pd.DataFrame({"step": [], "loss": []}), [], ""
+                return
+            name, returncode = run_dir.name, None
+        summary = settle(summarize(read_training_events(run_dir)), returncode)
+        yield view(summary, name, "" if summary["status"] in FINISHED else training_log_tail(run_dir, 60))
+
+    start.click(start_run, inputs_kwargs=form, outputs=outputs, api_name="train_start", concurrency_id="training")
+    resume.click(resume_run, inputs_kwargs=form, outputs=outputs, api_name="train_resume", concurrency_id="training")
     cancel.click(cancel_run, outputs=progress, api_name="train_cancel", queue=False)
+    # every open page follows the run; each follower only polls a file, so they are not limited
+    ui.on_page_load(reattach, outputs=outputs, api_name="train_follow", concurrency_limit=None,
+                    show_progress="minimal")
     refresh.click(lambda current: gr.update(choices=list_datasets(context.datasets_dir), value=current),
                   inputs=dataset, outputs=dataset, api_name=False, queue=False)

@@ -64,6 +64,7 @@ def read_events(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def log_tail(run_dir: str | os.PathLike, lines: int = 40) -> str:
+    """The last ``lines`` lines of the run's ``train.log`` (empty when there is none)."""
     path = Path(run_dir) / "train.log"
     if not path.is_file():
         return ""
@@ -104,24 +105,30 @@ class TrainingProcess:
         (self.run_dir / "STOP").write_text("stop requested\n")
 
     def kill(self) -> None:
+        """Stop the run at once, without a checkpoint (prefer :meth:`cancel`)."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
 
     @property
     def running(self) -> bool:
+        """Whether the child process was started and has not exited yet."""
         return self.process is not None and self.process.poll() is None
 
     @property
     def returncode(self) -> int | None:
+        """The child's exit status (0 done, 3 cancelled, 2 bad config, 1 failure); None while it runs."""
         return None if self.process is None else self.process.poll()
 
     def events(self) -> list[dict[str, Any]]:
+        """The trainer's events so far (:func:`read_events` of the run folder)."""
         return read_events(self.run_dir)
 
     def log_tail(self, lines: int = 40) -> str:
+        """The end of the run's ``train.log``."""
         return log_tail(self.run_dir, lines)
 
     def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the child to exit; its exit status (None if it was never started)."""
         if self.process is None:
             return None
         return self.process.wait(timeout)

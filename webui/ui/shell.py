@@ -82,8 +82,8 @@ def _render_settings(context: EaselContext) -> None:
 
 def build_blocks(context: EaselContext) -> gr.Blocks:
     """The whole UI. Tabs whose ``render`` raises show the error instead of taking the app down."""
-    ui = UIContext(context=context)
     with gr.Blocks(title="Easel", analytics_enabled=False) as blocks:
+        ui = UIContext(context=context, blocks=blocks)
         gr.Markdown(f"# Easel\nStable Diffusion on diffusers · v{__version__}", elem_id="easel-header")
         with gr.Tabs():
             for tab in collect_tabs(context):
