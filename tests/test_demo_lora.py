@@ -13,7 +13,10 @@ import pytest
 from webui.demo_model.evaluate import adherence, easel_drawer, eval_prompts, judgements
 from webui.demo_model.judge import template_shape
 from webui.demo_model.shapes import ShapeSpec, render, sample_spec
-from webui.pipelines.sources import DEMO_MODEL_NAME
+from webui.pipelines.sources import DEMO_MODEL_DIR, DEMO_MODEL_NAME
+
+pytestmark = pytest.mark.skipif(not (DEMO_MODEL_DIR / "model_index.json").is_file(),
+                                reason="the demo model's weights are not shipped yet (issue 6)")
 from webui.training import TrainConfig, train
 
 SKS_PROMPTS = [f"a large {colour} sks shape on a {background} background"

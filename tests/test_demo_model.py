@@ -15,7 +15,11 @@ import torch
 from safetensors import safe_open
 
 from webui.demo_model.evaluate import adherence, easel_drawer, eval_prompts, judgements, profile_context, vae_psnr
+from webui.pipelines import sources
 from webui.pipelines.sources import DEMO_MODEL_DIR, DEMO_MODEL_NAME, ModelCatalog, hub_reachable
+
+SHIPPED = (DEMO_MODEL_DIR / "model_index.json").is_file()
+needs_weights = pytest.mark.skipif(not SHIPPED, reason="the demo model's weights are not shipped yet (issue 6)")
 
 # Measured on the shipped weights (docs/benchmarks.md, "Offline demo model"), minus a margin.
 MIN_COLOURS = 0.95
@@ -25,6 +29,7 @@ MIN_VAE_PSNR = 31.5
 PROFILE_PAIRS = 16
 
 
+@needs_weights
 def test_shipped_weights_are_small_safetensors_that_record_their_training():
     from diffusers import StableDiffusionPipeline
 
@@ -42,12 +47,23 @@ def test_shipped_weights_are_small_safetensors_that_record_their_training():
     assert len(pipe.tokenizer("a small red circle on an orange background").input_ids) == 10  # a token a word
 
 
-def test_the_demo_is_the_default_offline_and_yields_to_a_configured_model(make_context, monkeypatch):
+def fake_demo_folder(folder):
+    """What the catalog looks for: a diffusers folder (model_index.json and weights)."""
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    return folder
+
+
+def test_the_demo_is_the_default_offline_and_yields_to_a_configured_model(make_context, monkeypatch, tmp_path):
     def no_network(*args, **kwargs):
         raise AssertionError("HF_HUB_OFFLINE=1 must not touch the network")
 
     monkeypatch.setattr("urllib.request.urlopen", no_network)
     assert hub_reachable() is False
+    monkeypatch.setattr(sources, "DEMO_MODEL_DIR", tmp_path / "absent")
+    assert make_context().default_model == "tiny"  # without the demo weights: the first built-in
+    monkeypatch.setattr(sources, "DEMO_MODEL_DIR", fake_demo_folder(tmp_path / "demo"))
     context = make_context()
     assert context.default_model == DEMO_MODEL_NAME
     source = context.model_source(DEMO_MODEL_NAME)
@@ -95,6 +111,7 @@ def none_context(tmp_path_factory):
     context.pipelines.unload_all()
 
 
+@needs_weights
 @pytest.mark.slow
 def test_prompt_adherence_and_vae_fidelity_hold(none_context):
     from diffusers import AutoencoderKL
@@ -112,6 +129,7 @@ def reference_verdicts(none_context):
     return judgements(easel_drawer(none_context, DEMO_MODEL_NAME), eval_prompts(PROFILE_PAIRS))
 
 
+@needs_weights
 @pytest.mark.slow
 @pytest.mark.parametrize("profile", ["sliced", "vae-sliced", "channels-last"])
 def test_exact_memory_profiles_keep_every_judgement(reference_verdicts, tmp_path, profile):
@@ -122,6 +140,7 @@ def test_exact_memory_profiles_keep_every_judgement(reference_verdicts, tmp_path
         context.pipelines.unload_all()
 
 
+@needs_weights
 @pytest.mark.slow
 def test_the_evaluation_script_reports_a_quantized_profile_against_none(capsys):
     from webui.demo_model.evaluate import main

@@ -27,7 +27,10 @@ launch`` in a child process, Cancel, log tail), :func:`read_training_events` (th
 
 Added in 1.2: ``EaselContext.extension_state`` (per-app state of extensions, reachable from
 every browser session), :meth:`UIContext.on_page_load` (run a function each time a browser
-opens or reloads the page, e.g. to re-attach to a running job) and :func:`training_log_tail`.
+opens or reloads the page, e.g. to re-attach to a running job) and :func:`training_log_tail`;
+``EaselContext.model_source(name)`` (a listed model's source: label, family, the UI ``note``)
+and ``EaselContext.native_size_of(name)`` (the side a model was trained at, e.g. 128 for the
+offline demo model, else its family's).
 """
 
 from __future__ import annotations

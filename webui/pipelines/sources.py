@@ -163,8 +163,9 @@ def builtin_models() -> list[ModelSource]:
     ]
 
 
-def demo_models(folder: Path = DEMO_MODEL_DIR) -> list[ModelSource]:
+def demo_models(folder: Path | None = None) -> list[ModelSource]:
     """The offline demo model shipped with Easel (a trained SD 1.x-architecture folder), when present."""
+    folder = Path(folder or DEMO_MODEL_DIR)
     if not _is_diffusers_folder(folder):
         return []
     return [ModelSource(name=DEMO_MODEL_NAME, kind="folder", location=str(folder),
