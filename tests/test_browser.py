@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from PIL import Image
 
 from tests.browser_support import CHROMIUM, LAUNCH_ARGS, playwright_or_skip
+from webui.demo_model.judge import judge
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -23,8 +27,11 @@ def page(live_server, tmp_path_factory):
 
 
 def test_type_a_prompt_click_generate_and_see_an_image(page, tmp_path):
-    page.locator("#txt2img-prompt textarea").fill("a small red circle on a blue background")
-    for slider, value in (("steps", "4"), ("width", "128"), ("height", "128")):
+    # Offline with nothing configured, the demo model is picked, labelled, and sets its native size.
+    assert "offline demo model" in page.content()
+    assert page.locator("#txt2img-width input[type=number]").input_value() == "128"
+    page.locator("#txt2img-prompt textarea").fill("a large red circle on a blue background")
+    for slider, value in (("steps", "20"), ("width", "128"), ("height", "128")):
         number = page.locator(f"#txt2img-{slider} input[type=number]")
         number.fill(value)
         number.press("Enter")
@@ -37,7 +44,10 @@ def test_type_a_prompt_click_generate_and_see_an_image(page, tmp_path):
         timeout=60_000,
     )
     info = page.locator("#txt2img-info textarea").input_value()
-    assert "Steps: 4" in info and "Size: 128x128" in info
+    assert "Steps: 20" in info and "Size: 128x128" in info and "Model: easel-shapes" in info
+    served = page.request.get(image.get_attribute("src"))
+    verdict = judge(Image.open(io.BytesIO(served.body())))
+    assert (verdict.colour, verdict.background) == ("red", "blue"), verdict  # it drew what was asked
     page.screenshot(path=str(tmp_path / "txt2img.png"), full_page=True)
     page.screenshot(path="/tmp/easel-txt2img.png", full_page=True)
 

@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as work:
         for profile in [p.strip() for p in args.profiles.split(",") if p.strip()]:
             context = profile_context(Path(work), profile)
+            with context.pipelines.use(args.model) as loaded:  # one line per profile, not a bar per image
+                loaded.pipeline.set_progress_bar_config(disable=True)
             rows[profile] = adherence(judgements(easel_drawer(context, args.model, args.steps, args.cfg), pairs))
             context.pipelines.unload_all()
     print(f"model {args.model}, {args.pairs} prompt/seed pairs, CFG {args.cfg}, {args.steps} Euler steps, "
