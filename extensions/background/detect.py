@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .torch_model import TorchModelHolder
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Detection", "TransformersDetector", "GroundingDinoPyDetector", "install_bert_shim",
@@ -67,7 +69,7 @@ def _bert_tokenizer(words: list[str]):
     return BertTokenizer(vocab={word: index for index, word in enumerate(words)}, do_lower_case=True)
 
 
-class TransformersDetector:
+class TransformersDetector(TorchModelHolder):
     """Grounding DINO through transformers."""
 
     kind = "transformers"
@@ -84,14 +86,6 @@ class TransformersDetector:
         processor = AutoProcessor.from_pretrained(location, local_files_only=local_only)
         model = AutoModelForZeroShotObjectDetection.from_pretrained(location, local_files_only=local_only)
         return cls(model, processor, location)
-
-    def to(self, device: torch.device | str) -> "TransformersDetector":
-        self.model.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     @torch.inference_mode()
     def detect(self, image: Image.Image, prompt: str, box_threshold: float = 0.35,
@@ -196,7 +190,7 @@ def _load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return {key[7:] if key.startswith("module.") else key: value for key, value in state.items()}
 
 
-class GroundingDinoPyDetector:
+class GroundingDinoPyDetector(TorchModelHolder):
     """Grounding DINO through groundingdino-py: IDEA checkpoint + its Python config file."""
 
     kind = "groundingdino-py"
@@ -231,14 +225,6 @@ class GroundingDinoPyDetector:
         if missing or unexpected:
             log.info("groundingdino-py: %d missing, %d unexpected keys", len(missing), len(unexpected))
         return cls(model, Path(checkpoint).name)
-
-    def to(self, device: torch.device | str) -> "GroundingDinoPyDetector":
-        self.model.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     @torch.inference_mode()
     def detect(self, image: Image.Image, prompt: str, box_threshold: float = 0.35,

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from .masks import boxes_to_mask
+from .torch_model import TorchModelHolder
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ __all__ = ["SamSegmenter", "GrabCutSegmenter", "BoxSegmenter", "build_tiny_sam",
 Box = tuple[float, float, float, float]
 
 
-class SamSegmenter:
+class SamSegmenter(TorchModelHolder):
     """SAM / SAM 2 from transformers. Keeps its weights on the CPU between jobs."""
 
     def __init__(self, model: Any, processor: Any, kind: str = "sam", name: str = "sam") -> None:
@@ -56,14 +57,6 @@ class SamSegmenter:
             processor = SamProcessor.from_pretrained(location, local_files_only=local_only)
             return cls(model, processor, "sam", location)
         raise ValueError(f"{location} is a {config.model_type!r} model, not SAM or SAM 2")
-
-    def to(self, device: torch.device | str) -> "SamSegmenter":
-        self.model.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     @torch.inference_mode()
     def segment(self, image: Image.Image, boxes: list[Box]) -> np.ndarray:
