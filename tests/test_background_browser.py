@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,6 +15,32 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 playwright_api = playwright_or_skip()
 
 
+@contextmanager
+def background_page(url, upload, steps):
+    """A page on the Background tab with ``upload`` in, both prompts typed, the tiny detector,
+    boxes-only segmentation, ``steps`` steps and a 256 px working size."""
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(url, wait_until="domcontentloaded")
+            page.get_by_role("tab", name="Background").wait_for(state="visible", timeout=60_000)
+            page.get_by_role("tab", name="Background").click()
+            page.locator("#background-input input[type=file]").set_input_files(str(upload))
+            page.locator("#background-input img").first.wait_for(state="visible", timeout=30_000)
+            page.locator("#background-subject textarea").fill("the square")
+            page.locator("#background-prompt textarea").fill("a sunny beach")
+            pick(page, "background-detector", "tiny Grounding DINO")
+            pick(page, "background-segmenter", "Boxes only")
+            for slider, value in (("background-steps", str(steps)), ("background-work-side", "256")):
+                number = page.locator(f"#{slider} input[type=number]")
+                number.fill(value)
+                number.press("Enter")
+            yield page
+        finally:
+            browser.close()
+
+
 def test_upload_type_prompts_and_see_the_new_background(live_server, tmp_path):
     rng = np.random.default_rng(3)
     data = np.zeros((96, 128, 4), np.uint8)
@@ -22,36 +50,18 @@ def test_upload_type_prompts_and_see_the_new_background(live_server, tmp_path):
     upload = tmp_path / "cutout.png"
     Image.fromarray(data, "RGBA").save(upload)
 
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            page.goto(live_server["url"], wait_until="domcontentloaded")
-            page.get_by_role("tab", name="Background").wait_for(state="visible", timeout=60_000)
-            page.get_by_role("tab", name="Background").click()
-            page.locator("#background-input input[type=file]").set_input_files(str(upload))
-            page.locator("#background-input img").first.wait_for(state="visible", timeout=30_000)
-            page.locator("#background-subject textarea").fill("the square")
-            page.locator("#background-prompt textarea").fill("a sunny beach")
-            pick(page, "background-detector", "tiny Grounding DINO")
-            pick(page, "background-segmenter", "Boxes only")
-            for slider, value in (("background-steps", "3"), ("background-work-side", "256")):
-                number = page.locator(f"#{slider} input[type=number]")
-                number.fill(value)
-                number.press("Enter")
-            page.locator("#background-replace").click()
-            page.wait_for_function(
-                "() => (document.querySelector('#background-status')?.innerText || '').match(/Done|Nothing|No /)",
-                timeout=180_000)
-            status = page.locator("#background-status").inner_text()
-            assert "Done" in status, status
-            page.locator("#background-gallery img").first.wait_for(state="visible", timeout=30_000)
-            info = page.locator("#background-info textarea").input_value()
-            assert "a sunny beach" in info and "Steps: 3" in info and "Subject prompt: the square" in info
-            page.screenshot(path=str(tmp_path / "background.png"), full_page=True)
-            page.screenshot(path="/tmp/easel-background.png", full_page=True)
-        finally:
-            browser.close()
+    with background_page(live_server["url"], upload, steps=3) as page:
+        page.locator("#background-replace").click()
+        page.wait_for_function(
+            "() => (document.querySelector('#background-status')?.innerText || '').match(/Done|Nothing|No /)",
+            timeout=180_000)
+        status = page.locator("#background-status").inner_text()
+        assert "Done" in status, status
+        page.locator("#background-gallery img").first.wait_for(state="visible", timeout=30_000)
+        info = page.locator("#background-info textarea").input_value()
+        assert "a sunny beach" in info and "Steps: 3" in info and "Subject prompt: the square" in info
+        page.screenshot(path=str(tmp_path / "background.png"), full_page=True)
+        page.screenshot(path="/tmp/easel-background.png", full_page=True)
 
 
 def test_step_by_step_detect_pick_mask_and_replace(live_server, tmp_path):
@@ -61,44 +71,26 @@ def test_step_by_step_detect_pick_mask_and_replace(live_server, tmp_path):
     upload = tmp_path / "photo.png"
     Image.fromarray(data).save(upload)
 
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            page.goto(live_server["url"], wait_until="domcontentloaded")
-            page.get_by_role("tab", name="Background").wait_for(state="visible", timeout=60_000)
-            page.get_by_role("tab", name="Background").click()
-            page.locator("#background-input input[type=file]").set_input_files(str(upload))
-            page.locator("#background-input img").first.wait_for(state="visible", timeout=30_000)
-            page.locator("#background-subject textarea").fill("the square")
-            page.locator("#background-prompt textarea").fill("a sunny beach")
-            pick(page, "background-detector", "tiny Grounding DINO")
-            pick(page, "background-segmenter", "Boxes only")
-            for slider, value in (("background-steps", "2"), ("background-work-side", "256")):
-                number = page.locator(f"#{slider} input[type=number]")
-                number.fill(value)
-                number.press("Enter")
-            page.locator("#background-detect").click()
-            page.locator("#background-keep label").first.wait_for(state="visible", timeout=60_000)
-            labels = page.locator("#background-keep label")
-            assert labels.count() >= 1 and labels.first.inner_text().startswith("#0")
-            page.locator("#background-boxes img").first.wait_for(state="visible", timeout=30_000)
-            if labels.count() > 1:
-                labels.nth(1).click()          # untick one detection
-            page.locator("#background-make-mask").click()
-            page.wait_for_function(
-                "() => (document.querySelector('#background-status')?.innerText || '').includes('Mask covers')",
-                timeout=60_000)
-            page.locator("#background-mask-preview img").first.wait_for(state="visible", timeout=30_000)
-            page.locator("#background-replace").click()
-            page.wait_for_function(
-                "() => (document.querySelector('#background-status')?.innerText || '').match(/Done|Nothing|No |rror/)",
-                timeout=180_000)
-            status = page.locator("#background-status").inner_text()
-            assert "Done" in status, status
-            page.locator("#background-gallery img").first.wait_for(state="visible", timeout=30_000)
-            info = page.locator("#background-info textarea").input_value()
-            assert "Steps: 2" in info
-            page.screenshot(path="/tmp/easel-background-steps.png", full_page=True)
-        finally:
-            browser.close()
+    with background_page(live_server["url"], upload, steps=2) as page:
+        page.locator("#background-detect").click()
+        page.locator("#background-keep label").first.wait_for(state="visible", timeout=60_000)
+        labels = page.locator("#background-keep label")
+        assert labels.count() >= 1 and labels.first.inner_text().startswith("#0")
+        page.locator("#background-boxes img").first.wait_for(state="visible", timeout=30_000)
+        if labels.count() > 1:
+            labels.nth(1).click()          # untick one detection
+        page.locator("#background-make-mask").click()
+        page.wait_for_function(
+            "() => (document.querySelector('#background-status')?.innerText || '').includes('Mask covers')",
+            timeout=60_000)
+        page.locator("#background-mask-preview img").first.wait_for(state="visible", timeout=30_000)
+        page.locator("#background-replace").click()
+        page.wait_for_function(
+            "() => (document.querySelector('#background-status')?.innerText || '').match(/Done|Nothing|No |rror/)",
+            timeout=180_000)
+        status = page.locator("#background-status").inner_text()
+        assert "Done" in status, status
+        page.locator("#background-gallery img").first.wait_for(state="visible", timeout=30_000)
+        info = page.locator("#background-info textarea").input_value()
+        assert "Steps: 2" in info
+        page.screenshot(path="/tmp/easel-background-steps.png", full_page=True)
