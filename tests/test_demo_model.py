@@ -73,9 +73,10 @@ def test_the_demo_is_the_default_offline_and_yields_to_a_configured_model(make_c
     assert context.family_of(DEMO_MODEL_NAME) == "sd1"
     assert make_context(model="tiny").default_model == "tiny"
     catalog = ModelCatalog(context.models_dir)
-    assert catalog.default_name(hub_reachable=True) == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert catalog.default_name(hub_reachable=lambda: True) == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     (context.models_dir / "Stable-diffusion" / "mine.safetensors").write_bytes(b"")
-    assert catalog.default_name(hub_reachable=False) == "mine.safetensors"
+    assert catalog.default_name(hub_reachable=lambda: False) == "mine.safetensors"
+    assert catalog.default_name(hub_reachable=lambda: pytest.fail("probed with a local model")) == "mine.safetensors"
 
 
 def test_hub_reachable_asks_the_endpoint_when_online(monkeypatch):

@@ -10,7 +10,7 @@ from webui.config import Setting, SettingsStore
 from webui.context import EaselContext
 from webui.pipelines.hashing import HashCache
 from webui.pipelines.manager import LoadedModel, PipelineManager, resolve_device
-from webui.pipelines.sources import ModelCatalog, hub_reachable
+from webui.pipelines.sources import ModelCatalog
 from webui.plugins import PluginHost
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def create_context(options: AppOptions) -> EaselContext:
         models_dir=Path(options.models_dir),
         outputs_dir=Path(options.outputs_dir),
         data_dir=Path(options.data_dir),
-        default_model=options.model or catalog.default_name(hub_reachable=hub_reachable()),
+        default_model=options.model or catalog.default_name(),
         max_side=options.max_side,
     )
     context_holder.append(context)

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from webui.errors import EaselError
 from webui.pipelines.families import FAMILIES
@@ -199,17 +200,18 @@ class ModelCatalog:
         return (demo_models() + builtin_models() + scan_local_models(self.models_dir, self.allow_pickle)
                 + self.presets)
 
-    def default_name(self, hub_reachable: bool) -> str:
+    def default_name(self, hub_reachable: Callable[[], bool] = hub_reachable) -> str:
         """The model picked when none is configured.
 
         A local checkpoint if there is one; else, with the hub in reach, the first preset
         (Stable Diffusion 1.5, downloaded on first use as AUTOMATIC1111 does); else the
-        offline demo model; else the first built-in tiny model.
+        offline demo model; else the first built-in tiny model. ``hub_reachable`` is only
+        asked when no local checkpoint decides it (it may wait on the network).
         """
         local = scan_local_models(self.models_dir, self.allow_pickle)
         if local:
             return local[0].name
-        if hub_reachable and self.presets:
+        if self.presets and hub_reachable():
             return self.presets[0].name
         offline = demo_models() or builtin_models()
         return offline[0].name
