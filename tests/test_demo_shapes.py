@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from webui.demo_model.judge import judge
-from webui.demo_model.shapes import HELD_OUT_SHAPES, SHAPES, ShapeSpec, parse_caption, render, sample
+from webui.demo_model.shapes import COLOURS, HELD_OUT_SHAPES, SHAPES, ShapeSpec, parse_caption, render, sample
 
 
 def test_samples_are_deterministic_and_varied():
@@ -77,3 +77,21 @@ def test_template_matching_tells_every_shape_apart_the_held_out_heart_included()
     assert scores["heart"] > 0.95 and scores["circle"] < scores["heart"] - 0.05
     blank = render(ShapeSpec(shape="circle", colour="red", background="blue", size="small")).resize((8, 8))
     assert template_shape(blank.resize((128, 128)).point(lambda _: 128)) is None
+
+
+def test_a_star_with_fat_points_is_still_a_star():
+    """Generated stars often come out with thicker points than the renderer's; an earlier
+    solidity rule called those "cross". The fitted template still reads a star."""
+    import cv2
+    from PIL import Image
+
+    from webui.demo_model.judge import foreground_mask
+
+    spec = ShapeSpec(shape="star", colour="yellow", background="purple", size="small")
+    star = foreground_mask(render(spec)).astype(np.uint8)
+    fat = cv2.dilate(star, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))).astype(bool)
+    contour = max(cv2.findContours(fat.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0],
+                  key=cv2.contourArea)
+    assert cv2.contourArea(contour) / cv2.contourArea(cv2.convexHull(contour)) > 0.65  # what the old rule misread
+    pixels = np.where(fat[..., None], COLOURS["yellow"], COLOURS["purple"]).astype(np.uint8)
+    assert judge(Image.fromarray(pixels)).matches(spec)["shape"]

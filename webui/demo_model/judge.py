@@ -3,7 +3,13 @@
 Used to measure prompt adherence of the demo model without any learned classifier:
 the background colour is the median of the border, the shape is what differs from it,
 its colour the median of its eroded interior, its size the side of its bounding box, and
-its kind follows from the convex hull (solidity, corner count) and the box's aspect.
+its kind is the shape whose template, fitted to that box, overlaps it best (IoU at least
+:data:`MIN_SHAPE_IOU`; below that the shape is unrecognised).
+
+Template overlap replaced an earlier corner-count/solidity rule: both are 100% right on
+ground-truth images, but the rule called a generated star "cross" whenever its points came
+out a little fat (solidity above 0.65), though it plainly reads as a star; see
+docs/benchmarks.md, "Offline demo model".
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ COLOUR_NAMES = list(COLOURS)
 COLOUR_TABLE = np.array([COLOURS[name] for name in COLOUR_NAMES], dtype=np.float32)
 FOREGROUND_DISTANCE = 60.0  # RGB distance from the background that counts as "shape"
 LARGE_SIDE = 0.55  # bounding-box side (fraction of the image) between small and large
+MIN_SHAPE_IOU = 0.7  # ground-truth images score 0.83 or more with their own template
 
 
 @dataclass(frozen=True)
@@ -47,30 +54,6 @@ def nearest_colour(rgb: np.ndarray) -> str:
     """The named colour closest to ``rgb`` (Euclidean in RGB)."""
     distances = np.linalg.norm(COLOUR_TABLE - np.asarray(rgb, dtype=np.float32), axis=1)
     return COLOUR_NAMES[int(distances.argmin())]
-
-
-def _shape_kind(mask: np.ndarray) -> str | None:
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not contours:
-        return None
-    contour = max(contours, key=cv2.contourArea)
-    area = cv2.contourArea(contour)
-    hull = cv2.convexHull(contour)
-    hull_area = cv2.contourArea(hull)
-    if area < 20 or hull_area <= 0:
-        return None
-    solidity = area / hull_area
-    if solidity < 0.65:
-        return "star"
-    if solidity < 0.86:
-        return "cross"
-    corners = len(cv2.approxPolyDP(hull, 0.04 * cv2.arcLength(hull, True), True))
-    x, y, width, height = cv2.boundingRect(contour)
-    if corners == 3:
-        return "triangle"
-    if corners == 4:
-        return "diamond" if min(width, height) / max(width, height) < 0.85 else "square"
-    return "circle"
 
 
 def _border_colour(pixels: np.ndarray) -> np.ndarray:
@@ -111,13 +94,7 @@ def _template(shape: str, rotation: float, width: int, height: int) -> np.ndarra
     return cv2.resize(_canonical(shape, rotation), (width, height), interpolation=cv2.INTER_AREA) > 127
 
 
-def template_scores(image: Image.Image, shapes: tuple[str, ...] = SHAPES + HELD_OUT_SHAPES) -> dict[str, float]:
-    """Per shape, the IoU of the image's foreground with that shape fitted to the same bounding box.
-
-    Unlike :func:`judge`'s corner counting this covers the held-out ``heart`` too, so it can
-    tell whether a LoRA taught the model to draw one.
-    """
-    mask = foreground_mask(image)
+def _mask_scores(mask: np.ndarray, shapes: tuple[str, ...]) -> dict[str, float]:
     if not mask.any():
         return {shape: 0.0 for shape in shapes}
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -131,11 +108,25 @@ def template_scores(image: Image.Image, shapes: tuple[str, ...] = SHAPES + HELD_
     return scores
 
 
-def template_shape(image: Image.Image, shapes: tuple[str, ...] = SHAPES + HELD_OUT_SHAPES) -> str | None:
-    """The shape whose fitted template overlaps the image's foreground best (None when there is none)."""
-    scores = template_scores(image, shapes)
+def _best_shape(scores: dict[str, float], min_iou: float) -> str | None:
     best = max(scores, key=scores.get)
-    return best if scores[best] > 0 else None
+    return best if scores[best] >= min_iou and scores[best] > 0 else None
+
+
+def template_scores(image: Image.Image, shapes: tuple[str, ...] = SHAPES + HELD_OUT_SHAPES) -> dict[str, float]:
+    """Per shape, the IoU of the image's foreground with that shape fitted to the same bounding box.
+
+    ``shapes`` includes the held-out ``heart`` by default, so this also tells whether a LoRA
+    taught the model to draw one.
+    """
+    return _mask_scores(foreground_mask(image), shapes)
+
+
+def template_shape(image: Image.Image, shapes: tuple[str, ...] = SHAPES + HELD_OUT_SHAPES,
+                   min_iou: float = MIN_SHAPE_IOU) -> str | None:
+    """The shape whose fitted template overlaps the image's foreground best, when that IoU is at
+    least ``min_iou`` (None otherwise: no foreground, or nothing recognisable)."""
+    return _best_shape(template_scores(image, shapes), min_iou)
 
 
 def judge(image: Image.Image) -> Judgement:
@@ -153,4 +144,5 @@ def judge(image: Image.Image) -> Judgement:
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     width, height = (cols[-1] - cols[0] + 1) / side, (rows[-1] - rows[0] + 1) / side
     size = "large" if max(width, height) > LARGE_SIDE else "small"
-    return Judgement(colour=colour, background=background, shape=_shape_kind(mask), size=size)
+    shape = _best_shape(_mask_scores(mask, SHAPES + HELD_OUT_SHAPES), MIN_SHAPE_IOU)
+    return Judgement(colour=colour, background=background, shape=shape, size=size)

@@ -58,7 +58,7 @@ class DemoTrainConfig:
     min_snr_gamma: float = 5.0
     checkpoint_every: int = 250
     threads: int = 2
-    vae_decoder_steps: int = 0  # (0: off) decoder-only fine-tune after the UNet (encoder frozen: latents stay valid)
+    vae_decoder_steps: int = 1500  # decoder-only fine-tune after the UNet (encoder frozen: latents stay valid); 0: off
     vae_decoder_lr: float = 5e-4  # cosine decay to 0
 
     @classmethod
