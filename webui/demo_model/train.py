@@ -294,8 +294,11 @@ def train(config: DemoTrainConfig, out_dir: Path, work_dir: Path, stop_after: in
         return None
     vae.requires_grad_(False)
 
-    # 5. EMA weights, saved as a pipeline.
+    # 5. EMA weights, saved as a pipeline. The tokenizer is written afresh: the one used for
+    # training carries its last padding/truncation call into tokenizer.json, and a run resumed
+    # after the UNet stage never makes that call, so the saved file would depend on resuming.
     ema.copy_to(modules)
+    tokenizer = write_tokenizer(work_dir / "tokenizer")
     scheduler = EulerDiscreteScheduler(**SD_BETAS, prediction_type="epsilon", timestep_spacing="leading",
                                        steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
