@@ -41,6 +41,19 @@ def background_page(url, upload, steps):
             browser.close()
 
 
+def replace_and_read_info(page) -> str:
+    """Click Replace, wait until the status says how it ended, require "Done" and a result
+    image, and return the result's infotext."""
+    page.locator("#background-replace").click()
+    page.wait_for_function(
+        "() => (document.querySelector('#background-status')?.innerText || '').match(/Done|Nothing|No |rror/)",
+        timeout=180_000)
+    status = page.locator("#background-status").inner_text()
+    assert "Done" in status, status
+    page.locator("#background-gallery img").first.wait_for(state="visible", timeout=30_000)
+    return page.locator("#background-info textarea").input_value()
+
+
 def test_upload_type_prompts_and_see_the_new_background(live_server, tmp_path):
     rng = np.random.default_rng(3)
     data = np.zeros((96, 128, 4), np.uint8)
@@ -51,14 +64,7 @@ def test_upload_type_prompts_and_see_the_new_background(live_server, tmp_path):
     Image.fromarray(data, "RGBA").save(upload)
 
     with background_page(live_server["url"], upload, steps=3) as page:
-        page.locator("#background-replace").click()
-        page.wait_for_function(
-            "() => (document.querySelector('#background-status')?.innerText || '').match(/Done|Nothing|No /)",
-            timeout=180_000)
-        status = page.locator("#background-status").inner_text()
-        assert "Done" in status, status
-        page.locator("#background-gallery img").first.wait_for(state="visible", timeout=30_000)
-        info = page.locator("#background-info textarea").input_value()
+        info = replace_and_read_info(page)
         assert "a sunny beach" in info and "Steps: 3" in info and "Subject prompt: the square" in info
         page.screenshot(path=str(tmp_path / "background.png"), full_page=True)
         page.screenshot(path="/tmp/easel-background.png", full_page=True)
@@ -84,13 +90,6 @@ def test_step_by_step_detect_pick_mask_and_replace(live_server, tmp_path):
             "() => (document.querySelector('#background-status')?.innerText || '').includes('Mask covers')",
             timeout=60_000)
         page.locator("#background-mask-preview img").first.wait_for(state="visible", timeout=30_000)
-        page.locator("#background-replace").click()
-        page.wait_for_function(
-            "() => (document.querySelector('#background-status')?.innerText || '').match(/Done|Nothing|No |rror/)",
-            timeout=180_000)
-        status = page.locator("#background-status").inner_text()
-        assert "Done" in status, status
-        page.locator("#background-gallery img").first.wait_for(state="visible", timeout=30_000)
-        info = page.locator("#background-info textarea").input_value()
+        info = replace_and_read_info(page)
         assert "Steps: 2" in info
         page.screenshot(path="/tmp/easel-background-steps.png", full_page=True)
