@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from webui.demo_model.shapes import COLOURS, HELD_OUT_SHAPES, SHAPES, ShapeSpec, render
+from webui.demo_model.shapes import ALL_SHAPES, COLOURS, ShapeSpec, render
 
 COLOUR_NAMES = list(COLOURS)
 COLOUR_TABLE = np.array([COLOURS[name] for name in COLOUR_NAMES], dtype=np.float32)
@@ -113,7 +113,7 @@ def _best_shape(scores: dict[str, float], min_iou: float) -> str | None:
     return best if scores[best] >= min_iou and scores[best] > 0 else None
 
 
-def template_scores(image: Image.Image, shapes: tuple[str, ...] = SHAPES + HELD_OUT_SHAPES) -> dict[str, float]:
+def template_scores(image: Image.Image, shapes: tuple[str, ...] = ALL_SHAPES) -> dict[str, float]:
     """Per shape, the IoU of the image's foreground with that shape fitted to the same bounding box.
 
     ``shapes`` includes the held-out ``heart`` by default, so this also tells whether a LoRA
@@ -122,7 +122,7 @@ def template_scores(image: Image.Image, shapes: tuple[str, ...] = SHAPES + HELD_
     return _mask_scores(foreground_mask(image), shapes)
 
 
-def template_shape(image: Image.Image, shapes: tuple[str, ...] = SHAPES + HELD_OUT_SHAPES,
+def template_shape(image: Image.Image, shapes: tuple[str, ...] = ALL_SHAPES,
                    min_iou: float = MIN_SHAPE_IOU) -> str | None:
     """The shape whose fitted template overlaps the image's foreground best, when that IoU is at
     least ``min_iou`` (None otherwise: no foreground, or nothing recognisable)."""
@@ -144,5 +144,5 @@ def judge(image: Image.Image) -> Judgement:
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     width, height = (cols[-1] - cols[0] + 1) / side, (rows[-1] - rows[0] + 1) / side
     size = "large" if max(width, height) > LARGE_SIDE else "small"
-    shape = _best_shape(_mask_scores(mask, SHAPES + HELD_OUT_SHAPES), MIN_SHAPE_IOU)
+    shape = _best_shape(_mask_scores(mask, ALL_SHAPES), MIN_SHAPE_IOU)
     return Judgement(colour=colour, background=background, shape=shape, size=size)

@@ -29,6 +29,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 HELD_OUT_SHAPES = ("heart",)
+ALL_SHAPES = SHAPES + HELD_OUT_SHAPES  # what a caption may name and the judge can tell apart
 SIZES = {"small": 0.2, "large": 0.38}  # shape radius as a fraction of the image side
 POSITIONS = {"center": (0.5, 0.5), "left": (0.3, 0.5), "right": (0.7, 0.5), "top": (0.5, 0.3),
              "bottom": (0.5, 0.7)}
@@ -128,7 +129,7 @@ def sample(seed: int, index: int, size: int = 128, shapes: tuple[str, ...] = SHA
 def parse_caption(caption: str) -> ShapeSpec:
     """The spec a caption asks for (the inverse of :meth:`ShapeSpec.caption`)."""
     words = caption.lower().replace(",", " ").split()
-    shape = next((w for w in words if w in SHAPES + HELD_OUT_SHAPES), None)
+    shape = next((w for w in words if w in ALL_SHAPES), None)
     size = next((w for w in words if w in SIZES), "large")
     if shape is None:
         raise ValueError(f"no known shape in {caption!r}")
