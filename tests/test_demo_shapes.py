@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from webui.demo_model.judge import judge
-from webui.demo_model.shapes import ALL_SHAPES, COLOURS, HELD_OUT_SHAPES, SHAPES, ShapeSpec, parse_caption, render, sample
+from webui.demo_model.shapes import (ALL_SHAPES, COLOURS, HELD_OUT_SHAPES, SHAPES, ShapeSpec, parse_caption, render,
+                                     sample)
 
 
 def test_samples_are_deterministic_and_varied():
