@@ -4,10 +4,14 @@
     python launch.py            # set up on first run, then http://127.0.0.1:7860
     python launch.py --test     # set up, then run the whole test suite
 
-Set-up never replaces an installed PyTorch (a CUDA build on Colab stays as it is):
-installed torch packages are pinned to their installed versions while pip runs. Where the
-interpreter is externally managed (PEP 668), a ``.venv`` is made beside this file (seeing
-the system's packages, so a system torch is reused) and Easel re-starts inside it.
+What is missing is installed at the versions the test suite passed with
+(``requirements-versions.txt``, used as pip constraints); ``requirements.txt`` keeps the
+ranges Easel works with. An installed package within its range but at another version is
+kept, and start-up says so in one line. Set-up never replaces an installed PyTorch (a CUDA
+build on Colab stays as it is): installed torch packages, and what they depend on, are
+pinned to their installed versions while pip runs. Where the interpreter is externally
+managed (PEP 668), a ``.venv`` is made beside this file (seeing the system's packages, so a
+system torch is reused) and Easel re-starts inside it.
 
 Only the standard library is used until the requirements are in place.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 REQUIREMENTS = ROOT / "requirements.txt"
 TEST_REQUIREMENTS = ROOT / "requirements-test.txt"
+# Exact versions of everything the test suite last passed with (pip constraints); rewritten
+# only by `python -m tools.update_versions` after the suite passes on the newest versions.
+TESTED_VERSIONS = ROOT / "requirements-versions.txt"
 VENV_DIR = ROOT / ".venv"
 TORCH_PACKAGES = ("torch", "torchvision", "torchaudio")
 # Installed without their own pins (groundingdino-py pins supervision and opencv-python, which
@@ -116,60 +124,137 @@ def _requirement_lines(path: Path) -> list[str]:
     return lines
 
 
-def _unsatisfied(requirements: list[str]) -> list[str]:
-    """The requirement lines not met by what is installed (checked with pip's own parser)."""
-    from importlib import metadata
-
+def _requirement_class():
     try:
         from packaging.requirements import Requirement
     except ImportError:  # a fresh interpreter: pip always vendors packaging
         from pip._vendor.packaging.requirements import Requirement  # type: ignore
+    return Requirement
 
+
+def canonical_name(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): ``Pillow`` -> ``pillow``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _installed_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _unsatisfied(requirements: list[str]) -> list[str]:
+    """The requirement lines not met by what is installed (checked with pip's own parser)."""
+    Requirement = _requirement_class()
     missing = []
     for line in requirements:
         requirement = Requirement(line)
         if requirement.marker is not None and not requirement.marker.evaluate():
             continue
-        try:
-            version = metadata.version(requirement.name)
-        except metadata.PackageNotFoundError:
-            missing.append(line)
-            continue
-        if requirement.specifier and not requirement.specifier.contains(version, prereleases=True):
+        version = _installed_version(requirement.name)
+        if version is None or (requirement.specifier and
+                               not requirement.specifier.contains(version, prereleases=True)):
             missing.append(line)
     return missing
 
 
-def _installed_torch_pins() -> list[str]:
-    from importlib import metadata
-
-    pins = []
-    for name in TORCH_PACKAGES:
-        try:
-            pins.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            pass
+def tested_versions(path: Path = TESTED_VERSIONS) -> dict[str, str]:
+    """``{canonical name: version}`` of the tested set that applies to this interpreter."""
+    if not path.exists():
+        return {}
+    Requirement = _requirement_class()
+    pins = {}
+    for line in _requirement_lines(path):
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        exact = [spec.version for spec in requirement.specifier if spec.operator == "=="]
+        if exact:
+            pins[canonical_name(requirement.name)] = exact[0]
     return pins
 
 
+def installed_torch_family() -> dict[str, str]:
+    """The installed torch packages and everything they depend on: ``{canonical name: version}``.
+
+    These stay exactly as installed (Colab's CUDA torch brings its own CUDA libraries,
+    sympy, triton, ...): pinning one of them to another version would make pip replace torch.
+    """
+    from importlib import metadata
+
+    Requirement = _requirement_class()
+    family: dict[str, str] = {}
+    pending = [name for name in TORCH_PACKAGES if _installed_version(name) is not None]
+    while pending:
+        name = pending.pop()
+        key = canonical_name(name)
+        if key in family:
+            continue
+        try:
+            distribution = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        family[key] = distribution.version
+        for line in distribution.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+                continue
+            pending.append(requirement.name)
+    return family
+
+
+def constraint_lines() -> list[str]:
+    """The pip constraints for an install: the tested set, with an installed torch kept as it is."""
+    kept = installed_torch_family()
+    lines = [f"{name}=={version}" for name, version in tested_versions().items() if name not in kept]
+    lines += [f"{name}=={version}" for name, version in sorted(kept.items())]
+    return lines
+
+
+def untested_installed(requirements: list[str]) -> list[str]:
+    """``name installed (tested X)`` for each requirement installed at a version other than the tested one.
+
+    An installed torch is left out: keeping it (Colab's CUDA build) is deliberate.
+    """
+    Requirement = _requirement_class()
+    pins = tested_versions()
+    kept = installed_torch_family()
+    differing = []
+    for line in requirements:
+        requirement = Requirement(line)
+        key = canonical_name(requirement.name)
+        version = _installed_version(requirement.name)
+        if key in kept or key not in pins or version is None or version == pins[key]:
+            continue
+        differing.append(f"{requirement.name} {version} (tested {pins[key]})")
+    return differing
+
+
 def install_requirements(files: list[Path]) -> None:
-    """pip-install whatever in ``files`` is missing, never replacing an installed torch."""
+    """pip-install whatever in ``files`` is missing, at the tested versions, never replacing an installed torch."""
     lines = [line for path in files for line in _requirement_lines(path)]
     missing = _unsatisfied(lines)
-    if not missing:
-        return
-    print(f"[easel] installing: {', '.join(missing)}", flush=True)
-    pins = _installed_torch_pins()
-    command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check"]
-    for path in files:
-        command += ["-r", str(path)]
-    with tempfile.TemporaryDirectory() as tmp:
-        if pins:
-            constraints = Path(tmp) / "keep-installed-torch.txt"
-            constraints.write_text("\n".join(pins) + "\n", encoding="utf-8")
-            command += ["-c", str(constraints)]
-            print(f"[easel] keeping the installed {', '.join(pins)}", flush=True)
-        subprocess.check_call(command)
+    if missing:
+        print(f"[easel] installing: {', '.join(missing)}", flush=True)
+        command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check"]
+        for path in files:
+            command += ["-r", str(path)]
+        kept = installed_torch_family()
+        if kept:
+            print(f"[easel] keeping the installed {', '.join(f'{n}=={kept[n]}' for n in TORCH_PACKAGES if n in kept)}",
+                  flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            constraints = Path(tmp) / "constraints.txt"
+            constraints.write_text("\n".join(constraint_lines()) + "\n", encoding="utf-8")
+            subprocess.check_call(command + ["-c", str(constraints)])
+    differing = untested_installed(lines)
+    if differing:
+        print(f"[easel] not the tested versions: {', '.join(differing)}; to install the tested ones: "
+              f"{Path(sys.executable).name} -m pip install -c {TESTED_VERSIONS.name} "
+              f"{' '.join('-r ' + path.name for path in files)}", flush=True)
 
 
 def install_without_dependencies(requirements: list[str]) -> None:

@@ -108,6 +108,32 @@ def test_bert_shim_masks_like_transformers_4():
     assert model.get_head_mask(None, 3) == [None] * 3
 
 
+@pytest.mark.skipif(groundingdino_missing is not None, reason=str(groundingdino_missing))
+def test_groundingdino_py_text_encoder_matches_bert_on_this_transformers():
+    """The shimmed ``BertModelWarper`` gives BERT's own hidden states; a phrase mask masks."""
+    import torch
+    from groundingdino.models.GroundingDINO.bertwarper import BertModelWarper
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=16, attn_implementation="eager")).eval()
+    warper = BertModelWarper(bert_model=bert)
+    ids = torch.tensor([[2, 7, 9, 5, 3]])
+    with torch.no_grad():
+        expected = bert(input_ids=ids).last_hidden_state
+        got = warper(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids),
+                     position_ids=torch.arange(5)[None])["last_hidden_state"]
+        assert torch.allclose(got, expected, atol=1e-5)
+        # Grounding DINO's 3-D mask: token 1 may only see itself, so it differs from the full view.
+        phrase = torch.ones(1, 5, 5)
+        phrase[0, 1] = 0
+        phrase[0, 1, 1] = 1
+        masked = warper(input_ids=ids, attention_mask=phrase)["last_hidden_state"]
+    assert torch.allclose(masked[0, 0], expected[0, 0], atol=1e-5)
+    assert not torch.allclose(masked[0, 1], expected[0, 1], atol=1e-3)
+
+
 def test_drop_in_extension_with_relative_sibling_imports_loads(tmp_path):
     """``from . import sibling`` inside an extension folder (the background extension does it)."""
     from webui.plugins import PluginHost

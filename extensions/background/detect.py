@@ -6,8 +6,10 @@
 * :class:`GroundingDinoPyDetector`: the original IDEA code (pip package ``groundingdino-py``)
   with an IDEA checkpoint (``groundingdino_swint_ogc.pth``, or ``.safetensors``) and its
   Python config (``GroundingDINO_SwinT_OGC.py``) - the files many users already have from
-  other UIs. transformers 5 removed three helpers from ``BertModel`` that this code calls;
-  :func:`install_bert_shim` adds them back (only where missing).
+  other UIs. transformers 5 removed three helpers from ``BertModel`` that this code calls,
+  and 5.24 renamed the embeddings' and encoder's cache arguments; :func:`install_bert_shim`
+  adds the helpers back (only where missing) and gives groundingdino-py's ``BertModelWarper``
+  a forward that uses only what every transformers 5 release accepts.
 
 Boxes are ``(x0, y0, x1, y1)`` in pixels of the image given to ``detect``.
 """
@@ -165,10 +167,51 @@ def install_bert_shim() -> list[str]:
     return added
 
 
+def _additive_attention_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A 2-D (batch, keys) or 3-D (batch, queries, keys) 0/1 mask as BERT's additive 4-D mask."""
+    if mask.dim() == 2:
+        mask = mask[:, None, None, :]
+    elif mask.dim() == 3:
+        mask = mask[:, None, :, :]
+    else:
+        raise ValueError(f"Wrong shape for attention_mask (shape {tuple(mask.shape)})")
+    return (1.0 - mask.to(dtype)) * torch.finfo(dtype).min
+
+
+def bert_warper_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                        **unused):
+    """groundingdino-py's ``BertModelWarper.forward`` without the cache arguments.
+
+    The original passes ``past_key_values_length`` to the embeddings and ``past_key_values``
+    / ``head_mask`` / ``output_*`` to the encoder, and reads ``past_key_values`` back from
+    its output: transformers 5.24 renamed all of those (``cache_length``, ``cache``). Grounding
+    DINO never uses a cache, so this forward passes only the arguments every transformers 5
+    release takes: ids, positions and token types to the embeddings, the hidden states and
+    the additive mask (Grounding DINO's 3-D phrase mask included) to the encoder.
+    """
+    from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+
+    embedded = self.embeddings(input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids)
+    if attention_mask is None:
+        attention_mask = torch.ones(embedded.shape[:2], device=embedded.device)
+    hidden = self.encoder(embedded, attention_mask=_additive_attention_mask(attention_mask, embedded.dtype))[0]
+    pooled = self.pooler(hidden) if self.pooler is not None else None
+    return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=hidden, pooler_output=pooled)
+
+
+def install_groundingdino_py_shim() -> None:
+    """Make groundingdino-py's text encoder run on this transformers (idempotent)."""
+    install_bert_shim()
+    from groundingdino.models.GroundingDINO import bertwarper
+
+    with _shim_lock:
+        bertwarper.BertModelWarper.forward = bert_warper_forward
+
+
 def groundingdino_py_available() -> str | None:
     """None when groundingdino-py can be imported, else the reason it cannot."""
     try:
-        install_bert_shim()
+        install_groundingdino_py_shim()
         import groundingdino.models  # noqa: F401
         import groundingdino.util.slconfig  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - report any import failure as the reason

@@ -1,0 +1,1 @@
+"""Command-line tools for developers: benchmarks, the demo model, the tested versions."""
