@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from extensions.background import engine, masks, registry
 from webui.api import RequestError, read_infotext
+from webui.tasks import task_pipeline
 
 
 def scene(width=128, height=96, seed=0):
@@ -133,7 +136,7 @@ def test_dedicated_inpainting_model_folder_is_used_as_is(make_context, tmp_path)
     core = masks.grow(truth, -3)
     assert np.array_equal(np.asarray(result.image)[core], np.asarray(image)[core])
     with context.pipelines.use("tiny-inpainting") as model:
-        used = engine.inpaint_pipeline(model)
+        used = task_pipeline(model, "inpaint")
         assert isinstance(used, StableDiffusionInpaintPipeline) and used.unet.config.in_channels == 9
         assert used.unet is model.pipeline.unet   # the loaded components, not a copy
     from webui.api import GenerationRequest
@@ -277,7 +280,8 @@ def test_per_job_extension_hooks_apply_to_background_jobs(make_context):
     assert request.extras["background.input_size"] == (128, 96)
     assert seen["tiling"] == [True]  # 128 px > the 64 px threshold: tiled during the job
     assert len(seen["steps"]) == 2  # the extension's callback ran inside the inpainting call (3 steps x 0.9)
-    assert seen["after"] == [[result.path]]
+    # The repaint is an inpaint job that does not save (the composite is what is saved).
+    assert seen["after"] == [[None]] and Path(result.path).is_file()
     info = read_infotext(Image.open(result.path))
     assert "Memory profile: medvram (no offload on cpu)" in info and "VAE tiling: on" in info
     assert "Denoising strength: 0.9" in info
@@ -357,7 +361,7 @@ def test_single_file_inpainting_checkpoint_loads_for_the_background_tab(make_con
         cls = StableDiffusionXLInpaintPipeline if family == "sdxl" else StableDiffusionInpaintPipeline
         assert model.family == family and isinstance(model.pipeline, cls)
         assert model.pipeline.unet.config.in_channels == 9
-        assert engine.inpaint_pipeline(model) is model.pipeline
+        assert task_pipeline(model, "inpaint") is model.pipeline
     from_folder = engine.replace_background(context, image, truth, options(model="my-inpainting-folder",
                                                                             sampler=sampler, save=False))
     difference = np.abs(np.asarray(from_file.generated).astype(int) - np.asarray(from_folder.generated).astype(int))

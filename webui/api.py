@@ -31,6 +31,15 @@ opens or reloads the page, e.g. to re-attach to a running job) and :func:`traini
 ``EaselContext.model_source(name)`` (a listed model's source: label, family, the UI ``note``)
 and ``EaselContext.native_size_of(name)`` (the side a model was trained at, e.g. 128 for the
 offline demo model, else its family's).
+
+Added in 1.3: one job path and one queue. ``GenerationRequest.task`` (``TASKS``: txt2img,
+img2img, inpaint) with A1111's img2img/inpaint fields (images as PNG bytes: ``image_to_png``
+/ ``png_to_image``; ``RESIZE_MODES``, ``MASKED_CONTENT``); ``EaselContext.generate`` runs any
+task through the device's queue and ``EaselContext.submit`` queues one and returns its
+:class:`Job` (events: ``Job.wait_events``; ``QueueFullError`` when the queue is full); the
+family table (``family_spec(name)``, :class:`Family`, ``LoadedModel.spec``) answers every
+family question; ``flatten``, ``resize_image`` and ``mask_from_image`` are the image helpers
+the img2img tasks use.
 """
 
 from __future__ import annotations
@@ -59,20 +68,27 @@ from webui.memory import (
     pipeline_modules,
 )
 from webui.jobs import (
+    MASKED_CONTENT,
+    RESIZE_MODES,
+    TASKS,
     GenerationRequest,
     GenerationResult,
     ImageRecord,
     Job,
     RefinerOptions,
     RequestError,
+    image_to_png,
+    png_to_image,
     resolve_seed,
 )
 from webui.outputs import read_infotext, save_image
-from webui.pipelines.families import FAMILIES, FAMILY_LABELS
+from webui.pipelines.families import FAMILIES, FAMILY_LABELS, Family, family_spec
 from webui.pipelines.manager import LoadedModel
 from webui.pipelines.schedulers import SAMPLERS, SCHEDULE_TYPES, make_scheduler, samplers_for, schedule_types_for
 from webui.pipelines.sources import ModelSource
 from webui.plugins import API_VERSION
+from webui.queue import QueueFullError
+from webui.tasks import flatten, mask_from_image, resize_image
 from webui.training.config import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
 from webui.training.config import ConfigError as TrainingConfigError
 from webui.training.launch import TrainingProcess
@@ -172,6 +188,17 @@ __all__ = [
     "ExtensionError",
     "FAMILIES",
     "FAMILY_LABELS",
+    "Family",
+    "MASKED_CONTENT",
+    "QueueFullError",
+    "RESIZE_MODES",
+    "TASKS",
+    "family_spec",
+    "flatten",
+    "image_to_png",
+    "mask_from_image",
+    "png_to_image",
+    "resize_image",
     "GenerationError",
     "LR_SCHEDULERS",
     "MIXED_PRECISION",

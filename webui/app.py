@@ -12,6 +12,8 @@ from webui.pipelines.hashing import HashCache
 from webui.pipelines.manager import LoadedModel, PipelineManager, resolve_device
 from webui.pipelines.sources import ModelCatalog
 from webui.plugins import PluginHost
+from webui.queue import DEFAULT_LIMIT, create_queue
+from webui.queue import LIMIT_SETTING as QUEUE_LIMIT_SETTING
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ def create_context(options: AppOptions) -> EaselContext:
             raise TypeError(f"register_settings expects webui.api.Setting, got {type(setting).__name__}")
         settings.register(setting)
 
+    register_setting(Setting(key=QUEUE_LIMIT_SETTING, label="Jobs that may wait in the queue", default=DEFAULT_LIMIT,
+                             kind="int", minimum=1, maximum=10_000, section="Queue",
+                             help="One more job than this is refused with a message; nothing accepted is lost"))
     plugins.call("register_settings", register=register_setting)
     for key, value in options.setting_overrides.items():
         settings.override(key, value)
@@ -83,6 +88,7 @@ def create_context(options: AppOptions) -> EaselContext:
         default_model=options.model or catalog.default_name(),
         max_side=options.max_side,
     )
+    context.queue = create_queue(context)
     context_holder.append(context)
     plugins.call("app_started", context=context)
     return context

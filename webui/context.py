@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from webui.pipelines.manager import PipelineManager
     from webui.pipelines.sources import ModelSource
     from webui.plugins import ExtensionInfo, PluginHost
+    from webui.queue import JobQueue
 
 
 @dataclass
@@ -28,6 +29,8 @@ class EaselContext:
     default_model: str = "tiny"
     max_side: int = 2048
     extension_state: dict[str, Any] = field(default_factory=dict)
+    queue: "JobQueue | None" = field(default=None, repr=False)
+    """The device's job queue (created with the app); use :meth:`submit` / :meth:`generate`."""
     """Per-app state of extensions (API 1.2), one entry per extension under its own name.
 
     For objects that must outlive one page or session but not the app, e.g. the Train tab's
@@ -53,10 +56,25 @@ class EaselContext:
         return self.data_dir / "training"
 
     def generate(self, request: GenerationRequest, job: Job | None = None) -> GenerationResult:
-        """Run a txt2img job through the shared generation path."""
-        from webui.generation import run_generation
+        """Run an image job of any task (``request.task``) through the queue and wait for its result.
 
-        return run_generation(self, request, job)
+        Raises what the job raised (:class:`RequestError`, :class:`GenerationError`, ...) or
+        :class:`webui.queue.QueueFullError` when the queue is full.
+        """
+        return self.job_queue().generate(request, job)
+
+    def submit(self, request: GenerationRequest, job: Job | None = None) -> Job:
+        """Queue an image job and return its :class:`Job` at once (API 1.3): follow its events,
+        ``queue.wait(job)`` for the result, ``queue.cancel(job)`` to cancel or interrupt it."""
+        return self.job_queue().submit(request, job)
+
+    def job_queue(self) -> "JobQueue":
+        """The device's job queue (made on first use for a context built without one)."""
+        if self.queue is None:
+            from webui.queue import create_queue
+
+            self.queue = create_queue(self)
+        return self.queue
 
     def call_hook(self, name: str, **kwargs: Any) -> list[Any]:
         """Call hook ``name`` (see :mod:`webui.hookspecs`) on every enabled extension.

@@ -1,8 +1,16 @@
-"""The one generation path shared by the UI, the REST API and the tests.
+"""The one generation path of every image job: txt2img, img2img and inpaint, for the UI,
+the REST API, the Background tab and the tests. It is the only place that calls a diffusers
+pipeline for an image job (training aside).
 
-request -> device lock + loaded model (pipeline manager) -> hooks -> scheduler and
-prompt embeddings -> diffusers call with a step callback (progress, preview,
-interrupt/skip) -> optional SDXL refiner -> infotext -> PNG saved -> result.
+request -> validation (common fields, then the task's) -> device lock + loaded model
+(pipeline manager) -> the task's checks -> hooks -> the task's pipeline (``from_pipe`` over
+the loaded components) -> scheduler and prompt embeddings -> diffusers call with a step
+callback (progress, preview, interrupt/skip) -> optional SDXL refiner -> the task finishes
+each image (inpaint pastes the kept pixels back) -> infotext -> PNG saved under
+``outputs/<task>/<date>/`` -> result. Out of memory: advice, and a retry under a lower
+profile when an extension asks for it.
+
+What differs between tasks lives in :mod:`webui.tasks`; jobs wait in :mod:`webui.queue`.
 
 Seeds follow AUTOMATIC1111: image ``i`` of a job gets ``seed + i``. Noise comes from a
 CPU ``torch.Generator`` (infotext ``RNG: CPU``), so a seed gives the same image on any
@@ -23,6 +31,7 @@ from webui.errors import EaselError, GenerationError
 from webui.infotext import build_infotext
 from webui.jobs import GenerationRequest, GenerationResult, ImageRecord, Job, RequestError, resolve_seed
 from webui.outputs import save_image
+from webui.tasks import Prepared, Task, get_task, task_pipeline
 from webui.pipelines.schedulers import make_scheduler, resolve_sampler, samplers_for, schedule_types_for
 from webui.previews import latents_to_preview
 from webui.prompts import encode_prompts, needs_embeddings
@@ -33,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OUTPUT_TASK = "txt2img"
 PREVIEW_EVERY_STEPS = 2
 
 
@@ -93,8 +101,19 @@ def out_of_memory_answers(context: "EaselContext", request: GenerationRequest, m
     return advice, retry
 
 
-def build_image_infotext(request: GenerationRequest, model: "LoadedModel", seed: int, extra: dict[str, Any]) -> str:
-    """A1111-format infotext for one image (sampler and schedule type as A1111 1.9+ writes them)."""
+def model_infotext_name(model: "LoadedModel") -> str:
+    """The ``Model`` infotext value: a file's name without its extension, else the listed name."""
+    return model.source.name.rsplit(".", 1)[0] if model.source.kind == "file" else model.source.name
+
+
+def build_image_infotext(request: GenerationRequest, model: "LoadedModel", seed: int, extra: dict[str, Any],
+                         task_fields: dict[str, Any] | None = None) -> str:
+    """A1111-format infotext for one image (sampler and schedule type as A1111 1.9+ writes them).
+
+    Order of precedence: the core's fields, then the task's (``Denoising strength``, ``Mask
+    blur``, ...), then the caller's ``request.infotext_extra``; extensions' fields (``extra``)
+    only add keys, they never replace one of those.
+    """
     sampler, schedule_type = resolve_sampler(request.sampler, request.schedule_type, model.family)
     params: dict[str, Any] = {
         "Steps": request.steps,
@@ -104,24 +123,51 @@ def build_image_infotext(request: GenerationRequest, model: "LoadedModel", seed:
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
         "Model hash": model.model_hash,
-        "Model": model.source.name.rsplit(".", 1)[0] if model.source.kind == "file" else model.source.name,
+        "Model": model_infotext_name(model),
         "RNG": "CPU",
     }
     if request.refiner is not None:
         params["Refiner"] = request.refiner.model
         params["Refiner switch at"] = request.refiner.switch_at
-    params.update(extra)
+    params.update(task_fields or {})
+    params.update(request.infotext_extra or {})
+    params.update({key: value for key, value in extra.items() if key not in params})
     params["Version"] = f"Easel {__version__}"
     return build_infotext(request.prompt, request.negative_prompt, params)
 
 
-class _StepReporter:
-    """The diffusers ``callback_on_step_end``: progress, previews, Interrupt and Skip."""
+def effective_steps(request: GenerationRequest) -> int:
+    """The denoising steps the pipeline really runs: img2img and inpaint skip the first ``1 - strength``."""
+    if request.task == "txt2img":
+        return int(request.steps)
+    return min(int(int(request.steps) * float(request.denoising_strength)), int(request.steps))
 
-    def __init__(self, job: Job, family: str, step_offset: int = 0) -> None:
+
+def check_sampler(request: GenerationRequest, family: str) -> None:
+    """Refuse a sampler or schedule type the model's family cannot use, naming the valid ones."""
+    if request.sampler not in samplers_for(family):
+        raise RequestError(
+            f"Sampler {request.sampler!r} does not work with {family} models; "
+            f"choose one of: {', '.join(samplers_for(family))}"
+        )
+    allowed_schedules = schedule_types_for(request.sampler, family)
+    if request.schedule_type not in allowed_schedules:
+        raise RequestError(f"Schedule type {request.schedule_type!r} does not work with {request.sampler}; "
+                           f"choose one of: {', '.join(allowed_schedules)}")
+
+
+class _StepReporter:
+    """The diffusers ``callback_on_step_end``: progress, previews, Interrupt and Skip.
+
+    An extension's own ``callback_on_step_end`` (from ``pipeline_call_kwargs``) runs after
+    it, and what that returns goes back to the pipeline.
+    """
+
+    def __init__(self, job: Job, family: str, step_offset: int = 0, then: Any = None) -> None:
         self.job = job
         self.family = family
         self.step_offset = step_offset
+        self.then = then
 
     def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         number = self.step_offset + step + 1
@@ -135,6 +181,8 @@ class _StepReporter:
         self.job.step(number, preview)
         if self.job.interrupted or self.job.skip_requested:
             pipe._interrupt = True
+        if self.then is not None:
+            return self.then(pipe, step, timestep, callback_kwargs) or {}
         return {}
 
 
@@ -145,20 +193,22 @@ def _free_memory(device: torch.device) -> None:
 
 
 def run_generation(context: "EaselContext", request: GenerationRequest, job: Job | None = None) -> GenerationResult:
-    """Run one txt2img job; raises :class:`RequestError` / :class:`GenerationError` with user messages.
+    """Run one image job of any task; raises :class:`RequestError` / :class:`GenerationError` with user messages.
 
-    Out of memory: the memory is freed, the ``out_of_memory`` hooks say which option would
-    help and may switch to a lower-memory profile, in which case the job runs again (at most
-    ``MAX_OOM_RETRIES`` times) on the model reloaded with those settings.
+    Callers normally go through the queue (``context.generate``); this runs the job at once
+    on the calling thread. Out of memory: the memory is freed, the ``out_of_memory`` hooks
+    say which option would help and may switch to a lower-memory profile, in which case the
+    job runs again (at most ``MAX_OOM_RETRIES`` times) on the model reloaded with those settings.
     """
     from webui.memory import MAX_OOM_RETRIES
 
     job = job or Job()
     request.validate(context.max_side)
+    task = get_task(request.task)
     retries = 0
     while True:
         try:
-            return _run_generation_once(context, request, job)
+            return _run_generation_once(context, request, task, job)
         except _OutOfMemory as oom:
             if oom.retry and retries < MAX_OOM_RETRIES and not job.interrupted:
                 retries += 1
@@ -186,32 +236,17 @@ def _out_of_memory(context: "EaselContext", request: GenerationRequest, model: "
     return _OutOfMemory(message, retry)
 
 
-def _run_generation_once(context: "EaselContext", request: GenerationRequest, job: Job) -> GenerationResult:
+def _run_generation_once(context: "EaselContext", request: GenerationRequest, task: Task,
+                         job: Job) -> GenerationResult:
     result = GenerationResult()
     started = time.monotonic()
     oom: _OutOfMemory | None = None
     with context.pipelines.use(request.model) as model:
-        if request.sampler not in samplers_for(model.family):
-            raise RequestError(
-                f"Sampler {request.sampler!r} does not work with {model.family} models; "
-                f"choose one of: {', '.join(samplers_for(model.family))}"
-            )
-        allowed_schedules = schedule_types_for(request.sampler, model.family)
-        if request.schedule_type not in allowed_schedules:
-            raise RequestError(f"Schedule type {request.schedule_type!r} does not work with {request.sampler}; "
-                               f"choose one of: {', '.join(allowed_schedules)}")
-        if request.refiner is not None and model.family != "sdxl":
-            raise RequestError("The SDXL refiner can only follow an SDXL base model")
-        unet_config = getattr(getattr(model.pipeline, "unet", None), "config", None)
-        if unet_config is not None and getattr(unet_config, "in_channels", 4) == 9:
-            raise RequestError(f"{request.model} is an inpainting model: it cannot draw from a prompt alone "
-                               "(use it in the Background tab)")
-        if model.family == "sdxl-refiner":
-            raise RequestError("A refiner model cannot draw from a prompt alone: choose an SDXL base model "
-                               "and pick this one as its refiner")
+        check_sampler(request, model.family)
+        task.check_model(request, model)
         try:
             context.plugins.call("before_generation", request=request, model=model, context=context)
-            _run_batches(context, request, model, job, result)
+            _run_batches(context, request, task, model, job, result)
         except EaselError:
             raise
         except torch.OutOfMemoryError as exc:
@@ -230,9 +265,10 @@ def _run_generation_once(context: "EaselContext", request: GenerationRequest, jo
     return result
 
 
-def _run_batches(context: "EaselContext", request: GenerationRequest, model: "LoadedModel", job: Job,
+def _run_batches(context: "EaselContext", request: GenerationRequest, task: Task, model: "LoadedModel", job: Job,
                  result: GenerationResult) -> None:
-    pipe = model.pipeline
+    pipe = task_pipeline(model, task.pipeline_task(request, model))
+    prepared = task.prepare(request, model)
     base_seed = resolve_seed(request.seed)
     prompt_kwargs = prompt_arguments(pipe, model.family, request.prompt, request.negative_prompt)
     extra_fields = extension_infotext_fields(context, request, model)
@@ -243,49 +279,57 @@ def _run_batches(context: "EaselContext", request: GenerationRequest, model: "Lo
             break
         first = batch_index * request.batch_size
         seeds = [base_seed + first + offset for offset in range(request.batch_size)]
-        job.start_image(first, total, request.steps)
+        job.start_image(first, total, effective_steps(request))
         # A fresh scheduler per batch; samplers with their own noise (DPM++ SDE) take the batch's seed.
         pipe.scheduler = make_scheduler(model.base_scheduler_config, request.sampler, request.schedule_type,
                                         model.family, seed=seeds[0])
-        images = _draw(context, request, model, job, seeds, prompt_kwargs, call_kwargs)
-        for image, seed in zip(images, seeds):
-            infotext = build_image_infotext(request, model, seed, extra_fields)
-            path = save_image(image, context.outputs_dir, OUTPUT_TASK, infotext, seed) if request.save else None
+        images = _draw(context, request, model, pipe, job, seeds, prompt_kwargs, prepared, call_kwargs)
+        for index, (image, seed) in enumerate(zip(images, seeds)):
+            image = task.finish(prepared, image)
+            infotext = build_image_infotext(request, model, seed, extra_fields, prepared.infotext)
+            path = save_image(image, context.outputs_dir, task.output_folder, infotext, seed) if request.save else None
             result.images.append(ImageRecord(image=image, seed=seed, infotext=infotext,
                                              path=str(path) if path else None))
+            job.emit("image", index=first + index, seed=seed, path=str(path) if path else None)
         if job.take_skip():
             result.skipped += 1
 
 
-def _draw(context: "EaselContext", request: GenerationRequest, model: "LoadedModel", job: Job, seeds: list[int],
-          prompt_kwargs: dict[str, Any], call_kwargs: dict[str, Any]) -> list[Any]:
+def _draw(context: "EaselContext", request: GenerationRequest, model: "LoadedModel", pipe: Any, job: Job,
+          seeds: list[int], prompt_kwargs: dict[str, Any], prepared: Prepared, call_kwargs: dict[str, Any]) -> list:
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    call_kwargs = dict(call_kwargs)
+    extension_callback = call_kwargs.pop("callback_on_step_end", None)
     common = dict(
         num_inference_steps=request.steps,
         guidance_scale=request.cfg_scale,
         generator=generators,
         num_images_per_prompt=request.batch_size,
+        **prepared.arguments,
     )
     if request.refiner is None:
-        output = model.pipeline(
-            **prompt_kwargs, **common, width=request.width, height=request.height,
-            callback_on_step_end=_StepReporter(job, model.family), output_type="pil", **call_kwargs,
+        output = pipe(
+            **prompt_kwargs, **common, callback_on_step_end=_StepReporter(job, model.family, then=extension_callback),
+            output_type="pil", **call_kwargs,
         )
         return list(output.images)
     switch_at = float(request.refiner.switch_at)
-    latents = model.pipeline(
-        **prompt_kwargs, **common, width=request.width, height=request.height, denoising_end=switch_at,
-        callback_on_step_end=_StepReporter(job, model.family), output_type="latent", **call_kwargs,
+    latents = pipe(
+        **prompt_kwargs, **common, denoising_end=switch_at,
+        callback_on_step_end=_StepReporter(job, model.family, then=extension_callback), output_type="latent",
+        **call_kwargs,
     ).images
     with context.pipelines.use(request.refiner.model) as refiner:
-        if refiner.family != "sdxl-refiner" and refiner.family != "sdxl":
+        if not refiner.spec.can_refine:
             raise RequestError(f"{request.refiner.model} is not an SDXL model and cannot refine")
-        refiner.pipeline.scheduler = make_scheduler(refiner.base_scheduler_config, request.sampler,
-                                                    request.schedule_type, refiner.family, seed=seeds[0])
-        refiner_prompt = prompt_arguments(refiner.pipeline, refiner.family, request.prompt, request.negative_prompt)
+        refiner_pipe = task_pipeline(refiner, "img2img")
+        refiner_pipe.scheduler = make_scheduler(refiner.base_scheduler_config, request.sampler,
+                                                request.schedule_type, refiner.family, seed=seeds[0])
+        refiner_prompt = prompt_arguments(refiner_pipe, refiner.family, request.prompt, request.negative_prompt)
         base_steps = int(round(request.steps * switch_at))
-        output = refiner.pipeline(
-            **refiner_prompt, **common, image=latents, denoising_start=switch_at,
+        refiner_common = {key: value for key, value in common.items() if key not in ("width", "height")}
+        output = refiner_pipe(
+            **refiner_prompt, **refiner_common, image=latents, denoising_start=switch_at,
             callback_on_step_end=_StepReporter(job, refiner.family, step_offset=base_steps), output_type="pil",
         )
     return list(output.images)

@@ -1,17 +1,22 @@
 """Typed generation requests and results, seeds, and the live state of a running job.
 
 Everything that asks for images (the UI, the REST routes, the tests) builds a
-:class:`GenerationRequest`; everything that produces them returns a
-:class:`GenerationResult`. A :class:`Job` is the channel between a running
-generation and whoever waits for it: step progress, a cheap preview, and the
-Interrupt / Skip flags.
+:class:`GenerationRequest`: plain data (JSON-serialisable through :meth:`to_dict`; images
+travel as PNG bytes) plus the name of its task (``txt2img``, ``img2img``, ``inpaint``).
+Everything that produces images returns a :class:`GenerationResult`. A :class:`Job` is the
+channel between a running generation and whoever waits for it: its events (queued, started,
+step, image, finished / failed / interrupted / cancelled), step progress, a cheap preview,
+and the Interrupt / Skip flags.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import random
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -20,9 +25,19 @@ from webui.errors import EaselError
 MAX_SEED = 2**32 - 1
 DEFAULT_MAX_SIDE = 2048
 MIN_SIDE = 64
+MIN_IMAGE_TASK_SIDE = 16
 MAX_STEPS = 150
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
+MAX_MASK_BLUR = 64
+MAX_INPAINT_PADDING = 256
+
+TASKS = ("txt2img", "img2img", "inpaint")
+#: img2img resize modes, by their A1111 number.
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
+#: What the masked area starts from (A1111's ``inpainting_fill``), by number.
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+IMAGE_FIELDS = ("init_image", "mask")
 
 
 class RequestError(EaselError, ValueError):
@@ -56,15 +71,35 @@ class GenerationRequest:
     refiner: RefinerOptions | None = None
     save: bool = True
     extras: dict[str, Any] = field(default_factory=dict)
+    task: str = "txt2img"
+    # img2img and inpaint (A1111's field names and defaults)
+    init_image: bytes | None = None
+    """The starting image, PNG bytes (see :func:`image_to_png`)."""
+    mask: bytes | None = None
+    """inpaint: white = repaint, black = keep (PNG bytes; any size, it is resized to the image)."""
+    denoising_strength: float = 0.75
+    resize_mode: int = 0
+    """0 just resize, 1 crop and resize, 2 resize and fill (see :data:`RESIZE_MODES`)."""
+    mask_blur: int = 4
+    inpainting_fill: int = 1
+    """0 fill, 1 original, 2 latent noise, 3 latent nothing (see :data:`MASKED_CONTENT`)."""
+    inpaint_full_res: bool = False
+    """Inpaint area "Only masked": work on the mask's surroundings at the full working size."""
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: bool = False
+    infotext_extra: dict[str, Any] = field(default_factory=dict)
+    """Fields the caller adds to every image's infotext (e.g. the Background tab's mask settings)."""
 
     def validate(self, max_side: int = DEFAULT_MAX_SIDE) -> None:
         """Raise :class:`RequestError` with a clear message for values that cannot work."""
+        # An image job works at its input's size, which may be smaller (the Background tab's small uploads).
+        min_side = MIN_SIDE if self.task == "txt2img" else MIN_IMAGE_TASK_SIDE
         for name in ("width", "height"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise RequestError(f"{name} must be a whole number of pixels, got {value!r}")
-            if value < MIN_SIDE or value > max_side:
-                raise RequestError(f"{name} must be between {MIN_SIDE} and {max_side} pixels, got {value}")
+            if value < min_side or value > max_side:
+                raise RequestError(f"{name} must be between {min_side} and {max_side} pixels, got {value}")
             if value % 8:
                 raise RequestError(f"{name} must be a multiple of 8, got {value} (try {value - value % 8 or 8})")
         if not 1 <= int(self.steps) <= MAX_STEPS:
@@ -81,20 +116,72 @@ class GenerationRequest:
             raise RequestError("no model chosen")
         if self.refiner is not None and not 0.0 < float(self.refiner.switch_at) < 1.0:
             raise RequestError(f"refiner switch point must be between 0 and 1, got {self.refiner.switch_at}")
+        if self.task not in TASKS:
+            raise RequestError(f"unknown task {self.task!r}; one of {', '.join(TASKS)}")
+        if self.task != "txt2img":
+            self._validate_image_task()
+
+    def _validate_image_task(self) -> None:
+        if not self.init_image:
+            raise RequestError(f"{self.task} needs an initial image")
+        if self.refiner is not None:
+            raise RequestError("the SDXL refiner is available in txt2img only")
+        if not 0.0 < float(self.denoising_strength) <= 1.0:
+            raise RequestError(f"denoising strength must be above 0 and at most 1, got {self.denoising_strength}")
+        if int(self.resize_mode) not in range(len(RESIZE_MODES)):
+            raise RequestError(f"resize mode must be 0 ({RESIZE_MODES[0]}), 1 ({RESIZE_MODES[1]}) or 2 "
+                               f"({RESIZE_MODES[2]}), got {self.resize_mode}")
+        if self.task == "inpaint":
+            if not self.mask:
+                raise RequestError("inpaint needs a mask (white = repaint)")
+            if not 0 <= int(self.mask_blur) <= MAX_MASK_BLUR:
+                raise RequestError(f"mask blur must be between 0 and {MAX_MASK_BLUR}, got {self.mask_blur}")
+            if int(self.inpainting_fill) not in range(len(MASKED_CONTENT)):
+                raise RequestError(f"masked content must be 0-3 ({', '.join(MASKED_CONTENT)}), "
+                                   f"got {self.inpainting_fill}")
+            if not 0 <= int(self.inpaint_full_res_padding) <= MAX_INPAINT_PADDING:
+                raise RequestError(f"only-masked padding must be between 0 and {MAX_INPAINT_PADDING} pixels, "
+                                   f"got {self.inpaint_full_res_padding}")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly copy (for the REST API and the last-used-values store)."""
-        return asdict(self)
+        """A JSON-friendly copy (for the REST API and the last-used-values store): images as base64 PNG."""
+        data = asdict(self)
+        for name in IMAGE_FIELDS:
+            if data[name] is not None:
+                data[name] = base64.b64encode(data[name]).decode("ascii")
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GenerationRequest":
-        """Build a request from a dict, ignoring unknown keys."""
+        """Build a request from a dict (images as bytes or base64 PNG), ignoring unknown keys."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         refiner = values.get("refiner")
         if isinstance(refiner, dict):
             values["refiner"] = RefinerOptions(**refiner)
+        for name in IMAGE_FIELDS:
+            if isinstance(values.get(name), str):
+                values[name] = base64.b64decode(values[name])
         return cls(**values)
+
+
+def image_to_png(image: Any) -> bytes:
+    """A PIL image as PNG bytes, for :class:`GenerationRequest`'s image fields."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_to_image(data: bytes) -> Any:
+    """PNG (or any Pillow-readable) bytes back to a loaded PIL image."""
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
+        raise RequestError(f"the image could not be read ({type(exc).__name__}: {exc})") from None
+    return image
 
 
 def resolve_seed(seed: int) -> int:
@@ -132,18 +219,31 @@ class GenerationResult:
         return self.images[0].seed if self.images else None
 
 
-class Job:
-    """Live state of one generation, shared between the worker and the waiting UI.
+#: The kinds of :class:`Job` events, in the order a job can emit them.
+EVENT_KINDS = ("queued", "started", "step", "image", "finished", "failed", "interrupted", "cancelled")
+FINAL_EVENTS = ("finished", "failed", "interrupted", "cancelled")
 
-    The worker calls :meth:`step`; the UI reads :meth:`snapshot` and may call
-    :meth:`interrupt` (stop everything, keep what is done) or :meth:`skip`
-    (stop the current image, go on with the next).
+
+class Job:
+    """Live state of one generation, shared between the worker and whoever waits for it.
+
+    The worker calls :meth:`start_image`, :meth:`step` and :meth:`emit`; a follower reads
+    :meth:`snapshot` or :meth:`wait_events` and may call :meth:`interrupt` (stop everything,
+    keep what is done) or :meth:`skip` (stop the current image, go on with the next).
+    Events are plain dicts (``{"kind": ..., "job": id, "time": ..., ...}``); a ``step``
+    event carries ``step``/``steps``/``image``/``images`` and, every few steps, ``preview``
+    (a PIL image, in process). ``position`` is the number of jobs ahead in the queue plus
+    one while queued, 0 once running.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._interrupted = False
         self._skip_requested = False
+        self.id = uuid.uuid4().hex
+        self.status = "new"
+        self.position = 0
         self.total_images = 0
         self.image_index = 0
         self.step_index = 0
@@ -151,6 +251,48 @@ class Job:
         self.preview: Any = None
         self.message = ""
         self.started = time.monotonic()
+        self._events: list[dict[str, Any]] = []
+        self.result: "GenerationResult | None" = None
+        """Set by the queue when the job finished or was interrupted."""
+        self.error: BaseException | None = None
+        """Set by the queue when the job failed; :meth:`webui.queue.JobQueue.wait` raises it again."""
+
+    # --- events ------------------------------------------------------------------------
+
+    def emit(self, kind: str, **data: Any) -> None:
+        """Record an event and wake whoever waits in :meth:`wait_events`."""
+        with self._changed:
+            if kind in FINAL_EVENTS or kind in ("queued", "started"):
+                self.status = {"started": "running"}.get(kind, kind)
+            self._events.append({"kind": kind, "job": self.id, "time": time.time(), **data})
+            self._changed.notify_all()
+
+    def events(self, since: int = 0) -> list[dict[str, Any]]:
+        """The events from number ``since`` on."""
+        with self._lock:
+            return list(self._events[since:])
+
+    def wait_events(self, since: int = 0, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Events from number ``since`` on, waiting up to ``timeout`` seconds for one when there are none yet."""
+        with self._changed:
+            if len(self._events) <= since and not self.done:
+                self._changed.wait(timeout)
+            return list(self._events[since:])
+
+    @property
+    def done(self) -> bool:
+        """Whether the job has ended (finished, failed, interrupted or cancelled)."""
+        return self.status in FINAL_EVENTS
+
+    def set_position(self, position: int) -> None:
+        """The queue tells a waiting job how many jobs are ahead of it (plus one)."""
+        with self._changed:
+            changed = position != self.position
+            self.position = position
+        if changed and position > 0:
+            self.emit("queued", position=position)
+
+    # --- control -----------------------------------------------------------------------
 
     def interrupt(self) -> None:
         """Stop the whole job at the next step; finished images are kept."""
@@ -178,6 +320,8 @@ class Job:
         with self._lock:
             return self._skip_requested
 
+    # --- progress ----------------------------------------------------------------------
+
     def start_image(self, index: int, total_images: int, total_steps: int) -> None:
         with self._lock:
             self.image_index = index
@@ -190,6 +334,11 @@ class Job:
             self.step_index = step_index
             if preview is not None:
                 self.preview = preview
+            data = {"step": step_index, "steps": self.total_steps, "image": self.image_index,
+                    "images": self.total_images}
+        if preview is not None:
+            data["preview"] = preview
+        self.emit("step", **data)
 
     def snapshot(self) -> dict[str, Any]:
         """A consistent copy of the progress, for a progress bar."""
@@ -202,10 +351,16 @@ class Job:
                 "preview": self.preview,
                 "elapsed": time.monotonic() - self.started,
                 "message": self.message,
+                "status": self.status,
+                "position": self.position,
             }
 
     def progress_text(self) -> str:
         snap = self.snapshot()
+        if snap["status"] == "queued" and snap["position"] > 0:
+            ahead = snap["position"] - 1
+            return ("Queued: starting next" if ahead == 0 else
+                    f"Queued: {ahead} job{'s' if ahead != 1 else ''} ahead of yours")
         if not snap["steps"]:
             return snap["message"] or "Waiting…"
         return (

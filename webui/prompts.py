@@ -70,6 +70,8 @@ from typing import Any
 
 import torch
 
+from webui.pipelines.families import FAMILIES, family_spec
+
 __all__ = [
     "BREAK",
     "BREAK_WEIGHT",
@@ -85,9 +87,6 @@ __all__ = [
 #: weight is :data:`BREAK_WEIGHT` (-1, as in A1111).
 BREAK = "BREAK"
 BREAK_WEIGHT = -1.0
-
-#: Families :func:`encode_prompts` knows.
-FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "sd3")
 
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
@@ -463,12 +462,13 @@ def _pooled(compel: Any, text: str | None) -> torch.Tensor:
 def _encode_clip_family(pipe: Any, family: str, prompt: str, negative_prompt: str | None) -> dict[str, torch.Tensor]:
     from compel import ReturnedEmbeddingsType
 
-    if family in ("sd1", "sd2"):
+    encoding = family_spec(family).text_encoding
+    if encoding == "clip":
         encoders = [(pipe.tokenizer, pipe.text_encoder, ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED)]
     else:
         penultimate = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
         encoders = [(pipe.tokenizer_2, pipe.text_encoder_2, penultimate)]
-        if family == "sdxl" and pipe.text_encoder is not None:
+        if encoding == "clip-pair" and pipe.text_encoder is not None:
             encoders.insert(0, (pipe.tokenizer, pipe.text_encoder, penultimate))
     compels = [_compel(tok, enc, kind, chunked=True) for tok, enc, kind in encoders]
 
@@ -486,7 +486,7 @@ def _encode_clip_family(pipe: Any, family: str, prompt: str, negative_prompt: st
         "prompt_embeds": torch.cat(positives, dim=-1),
         "negative_prompt_embeds": torch.cat(negatives, dim=-1),
     }
-    if family in ("sdxl", "sdxl-refiner"):
+    if encoding in ("clip-pair", "clip-g"):
         pooled_compel = compels[-1]  # text_encoder_2
         result["pooled_prompt_embeds"] = _pooled(pooled_compel, prompt)
         result["negative_pooled_prompt_embeds"] = _pooled(pooled_compel, negative_prompt)
@@ -556,7 +556,7 @@ def encode_prompts(pipe: Any, family: str, prompt: str, negative_prompt: str | N
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
-    if family == "sd3":
+    if family_spec(family).text_encoding == "sd3":
         result = _encode_sd3(pipe, prompt, negative_prompt, max_sequence_length)
     else:
         result = _encode_clip_family(pipe, family, prompt, negative_prompt)

@@ -14,7 +14,7 @@ import importlib.util
 
 from webui.api import ExtensionError, Setting, denoiser_of, hookimpl, option_value
 
-EASEL_API_VERSION = "1.1"
+EASEL_API_VERSION = "1.3"
 REQUIREMENTS = ["xformers (optional, CUDA only)"]
 
 BACKENDS = ["sdpa", "xformers", "sliced"]
@@ -73,7 +73,7 @@ def configure_pipeline(model, context):
     denoiser = denoiser_of(pipe)
     model.extension_state["attention"] = backend
     if backend == "sdpa":
-        if hasattr(denoiser, "set_default_attn_processor") and model.family != "sd3":
+        if hasattr(denoiser, "set_default_attn_processor") and model.spec.default_attention_processor:
             from diffusers.models.attention_processor import AttnProcessor2_0
 
             denoiser.set_attn_processor(AttnProcessor2_0())

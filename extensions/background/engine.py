@@ -1,5 +1,8 @@
 """The background-replacement workflow: detect -> segment -> mask tools -> inpaint -> composite.
 
+The inpainting is an ``inpaint`` job of Easel's one generation path (``context.generate``):
+this module has no generation loop of its own.
+
 Every stage that uses the accelerator holds the device lock of the shared pipeline manager;
 the detector and the segmenter go back to the CPU as soon as their step is done, before the
 inpainting model is used. Large inputs are worked on at most ``work_side`` pixels on the
@@ -18,20 +21,14 @@ import torch
 from PIL import Image
 
 from webui.api import (
-    EaselError,
     GenerationError,
     GenerationRequest,
-    GenerationResult,
-    ImageRecord,
     Job,
     RequestError,
-    build_infotext,
-    make_scheduler,
-    prompt_arguments,
+    family_spec,
+    image_to_png,
     resolve_seed,
-    samplers_for,
     save_image,
-    schedule_types_for,
 )
 
 from . import registry
@@ -132,55 +129,19 @@ def segment_subject(context, image: Image.Image, boxes: list[tuple[float, float,
 
 
 # ------------------------------------------------------------------------------------------
-# Inpainting
+# Inpainting: an ``inpaint`` job on the queue, then the subject pasted back
 # ------------------------------------------------------------------------------------------
-
-INPAINT_STATE_KEY = "background.inpaint_pipeline"
-
-
-def _inpaint_class(family: str):
-    import diffusers
-
-    names = {"sd1": "StableDiffusionInpaintPipeline", "sd2": "StableDiffusionInpaintPipeline",
-             "sdxl": "StableDiffusionXLInpaintPipeline", "sdxl-refiner": "StableDiffusionXLInpaintPipeline",
-             "sd3": "StableDiffusion3InpaintPipeline"}
-    if family not in names:
-        raise RequestError(f"No inpainting pipeline for {family} models")
-    return getattr(diffusers, names[family])
-
-
-def inpaint_pipeline(model) -> Any:
-    """The family's inpainting pipeline over the loaded model's own components (no copy).
-
-    A dedicated inpainting checkpoint (9-channel UNet) and a regular one both work: the
-    diffusers inpainting pipelines take either, blending the known latents back each step
-    for a regular UNet. Built once per loaded model.
-    """
-    cached = model.extension_state.get(INPAINT_STATE_KEY)
-    if cached is not None:
-        return cached
-    cls = _inpaint_class(model.family)
-    pipe = model.pipeline if isinstance(model.pipeline, cls) else cls.from_pipe(model.pipeline)
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)
-    model.extension_state[INPAINT_STATE_KEY] = pipe
-    return pipe
-
-
-class _Progress:
-    def __init__(self, job: Job) -> None:
-        self.job = job
-
-    def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-        self.job.step(step + 1)
-        if self.job.interrupted:
-            pipe._interrupt = True
-        return {}
 
 
 def replace_background(context, image: Image.Image, mask: np.ndarray, options: ReplaceOptions,
                        job: Job | None = None) -> ReplaceResult:
-    """Inpaint everything outside ``mask`` (True = subject, input size) and paste the subject back."""
+    """Inpaint everything outside ``mask`` (True = subject, input size) and paste the subject back.
+
+    The repaint is an ``inpaint`` job of Easel's one generation path (it waits in the queue
+    like any other job, with the extension hooks, seeds, out-of-memory handling of every
+    job) at the working size; this function only prepares its image and mask and
+    composites the result.
+    """
     job = job or Job()
     started = time.monotonic()
     image = image.convert("RGB")
@@ -191,113 +152,65 @@ def replace_background(context, image: Image.Image, mask: np.ndarray, options: R
         raise RequestError("The subject mask is empty: detect the subject again, lower the thresholds or draw it")
     if mask.all():
         raise RequestError("The subject mask covers the whole image: there is no background to replace")
-    if not 1 <= int(options.steps) <= 150:
-        raise RequestError("Steps must be between 1 and 150")
-    if not 0.0 < float(options.strength) <= 1.0:
-        raise RequestError("Denoising strength must be above 0 and at most 1")
+    if job.interrupted:
+        raise RequestError("Interrupted before the background was painted")
     model_name = options.model or context.default_model
     seed = resolve_seed(int(options.seed))
     _, core = blend_alpha(mask, options.erode, options.feather)
     repaint = ~core if core.any() else ~mask
-    if job.interrupted:
+    family = context.family_of(model_name)
+    multiple = family_spec(family).latent_multiple if family else 8
+    work = to_model_size(image, options.work_side, multiple=multiple)
+    work_mask = mask_to_image(repaint).resize(work.size, Image.Resampling.BILINEAR)
+    request = inpaint_request(options, model_name, seed, image.size, work, work_mask)
+    try:
+        outcome = context.generate(request, job)
+    except torch.OutOfMemoryError as exc:  # the core turns it into a GenerationError; kept for clarity
+        raise GenerationError(f"Out of memory inpainting at {work.width}x{work.height}: lower the working size or "
+                              "use a lower-memory profile. The server is still running.") from exc
+    if not outcome.images:
         raise RequestError("Interrupted before the background was painted")
-    with context.pipelines.use(model_name) as model:
-        if options.sampler not in samplers_for(model.family):
-            raise RequestError(f"Sampler {options.sampler!r} does not work with {model.family} models; choose one of: "
-                               f"{', '.join(samplers_for(model.family))}")
-        if options.schedule_type not in schedule_types_for(options.sampler, model.family):
-            raise RequestError(f"Schedule type {options.schedule_type!r} does not work with {options.sampler}")
-        multiple = 16 if model.family == "sd3" else 8
-        work = to_model_size(image, options.work_side, multiple=multiple)
-        work_mask = mask_to_image(repaint).resize(work.size, Image.Resampling.BILINEAR)
-        request = generation_request(options, model_name, seed, image.size, work.size)
-        outcome = GenerationResult()
-        result: ReplaceResult | None = None
-        try:
-            # The per-job hooks of the memory extensions, LoRA, ... as in txt2img.
-            context.call_hook("before_generation", request=request, model=model, context=context)
-            extra_fields = context.extension_infotext_fields(request, model)
-            call_kwargs = context.extension_call_kwargs(request, model)
-            pipe = inpaint_pipeline(model)
-            pipe.scheduler = make_scheduler(model.base_scheduler_config, request.sampler, request.schedule_type,
-                                            model.family, seed=seed)
-            job.start_image(0, 1, int(request.steps))
-            # A1111 emphasis syntax and prompts over 77 tokens, as in txt2img (the prompt as the
-            # extensions left it: LoRA takes its <lora:...> tags out).
-            prompts = prompt_arguments(pipe, model.family, request.prompt or "", request.negative_prompt or "")
-            arguments = dict(
-                **prompts,
-                image=work, mask_image=work_mask, width=work.width, height=work.height,
-                num_inference_steps=int(request.steps), guidance_scale=float(request.cfg_scale),
-                strength=float(options.strength), generator=torch.Generator("cpu").manual_seed(seed),
-                callback_on_step_end=_Progress(job), output_type="pil",
-            )
-            arguments.update(call_kwargs)
-            generated = pipe(**arguments).images[0]
-            params = _infotext_params(options, model, seed, image.size, work.size)
-            params = {**params, **{k: v for k, v in extra_fields.items() if k not in params}}
-            result_image = composite_subject(image, generated, mask, options.erode, options.feather,
-                                             options.decontaminate)
-            infotext = build_infotext(options.background_prompt, options.negative_prompt, params)
-            result = ReplaceResult(image=result_image, mask=mask, seed=seed, infotext=infotext, generated=generated)
-            if options.save:
-                result.path = str(save_image(result_image, context.outputs_dir, OUTPUT_TASK, infotext, seed))
-                result.mask_path = str(save_image(mask_to_image(mask), context.outputs_dir, MASK_TASK, infotext,
-                                                  seed))
-            outcome.images.append(ImageRecord(image=result_image, seed=seed, infotext=infotext, path=result.path))
-        except EaselError:
-            raise
-        except torch.OutOfMemoryError as exc:
-            advice, _ = context.out_of_memory_answers(request, model, exc)  # no automatic retry here
-            advice_text = " ".join(advice) + " " if advice else ""
-            raise GenerationError(f"Out of memory inpainting at {work.width}x{work.height}: {advice_text}"
-                                  "lower the working size or use a lower-memory profile. "
-                                  "The server is still running.") from exc
-        except Exception as exc:
-            log.exception("Background inpainting failed")
-            raise GenerationError(f"Inpainting failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            outcome.interrupted = job.interrupted
-            outcome.seconds = time.monotonic() - started
-            context.call_hook("after_generation", request=request, model=model, result=outcome)
+    generated = outcome.images[0].image
+    infotext = outcome.images[0].infotext
+    result_image = composite_subject(image, generated, mask, options.erode, options.feather, options.decontaminate)
+    result = ReplaceResult(image=result_image, mask=mask, seed=seed, infotext=infotext, generated=generated)
+    if options.save:
+        result.path = str(save_image(result_image, context.outputs_dir, OUTPUT_TASK, infotext, seed))
+        result.mask_path = str(save_image(mask_to_image(mask), context.outputs_dir, MASK_TASK, infotext, seed))
     result.seconds = time.monotonic() - started
     return result
 
 
-def generation_request(options: ReplaceOptions, model_name: str, seed: int, input_size: tuple[int, int],
-                       work_size: tuple[int, int]) -> GenerationRequest:
-    """The :class:`GenerationRequest` the per-job extension hooks see for one inpainting job.
+def inpaint_request(options: ReplaceOptions, model_name: str, seed: int, input_size: tuple[int, int],
+                    work: Image.Image, work_mask: Image.Image) -> GenerationRequest:
+    """The ``inpaint`` job that repaints the background at the working size.
 
     ``width``/``height`` are the size the pipeline works (and the VAE decodes) at; the
-    inpaint-only values are in ``extras`` under ``background.`` (see :mod:`webui.hookspecs`).
+    Background tab's own values are in ``extras`` under ``background.`` (see
+    :mod:`webui.hookspecs`) and its infotext fields in ``infotext_extra`` (``Size`` is the
+    input's, ``Mask blur`` the subject mask's feather).
     """
     return GenerationRequest(
-        prompt=options.background_prompt or "", negative_prompt=options.negative_prompt or "", model=model_name,
-        steps=int(options.steps), cfg_scale=float(options.cfg_scale), width=int(work_size[0]),
-        height=int(work_size[1]), seed=seed, sampler=options.sampler, schedule_type=options.schedule_type,
-        save=bool(options.save),
+        task="inpaint", prompt=options.background_prompt or "", negative_prompt=options.negative_prompt or "",
+        model=model_name, steps=int(options.steps), cfg_scale=float(options.cfg_scale), width=int(work.width),
+        height=int(work.height), seed=seed, sampler=options.sampler, schedule_type=options.schedule_type,
+        save=False, init_image=image_to_png(work), mask=image_to_png(work_mask),
+        denoising_strength=float(options.strength), mask_blur=0, inpainting_fill=1,
+        infotext_extra=_infotext_fields(options, input_size, work.size),
         extras={**options.extras, "background.task": "inpaint", "background.strength": float(options.strength),
                 "background.input_size": (int(input_size[0]), int(input_size[1]))},
     )
 
 
-def _infotext_params(options: ReplaceOptions, model, seed: int, size: tuple[int, int],
-                     work_size: tuple[int, int]) -> dict[str, Any]:
+def _infotext_fields(options: ReplaceOptions, size: tuple[int, int], work_size: tuple[int, int]) -> dict[str, Any]:
     params: dict[str, Any] = {
-        "Steps": int(options.steps),
-        "Sampler": options.sampler,
-        "Schedule type": options.schedule_type,
-        "CFG scale": float(options.cfg_scale),
-        "Seed": seed,
         "Size": f"{size[0]}x{size[1]}",
-        "Model hash": model.model_hash,
-        "Model": model.source.name.rsplit(".", 1)[0] if model.source.kind == "file" else model.source.name,
-        "Denoising strength": float(options.strength),
-        "RNG": "CPU",
         "Inpaint size": f"{work_size[0]}x{work_size[1]}" if work_size != size else None,
         "Mask erode": int(options.erode),
         "Mask blur": int(options.feather),
         "Edge decontamination": float(options.decontaminate) or None,
+        # the background's repaint is whole-picture inpainting of the unmasked area: say only what it adds
+        "Masked content": None, "Inpaint area": None, "Mask mode": None,
     }
     params.update(options.extra_infotext)
     return params

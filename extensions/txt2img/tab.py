@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 
 from webui.api import (
+    FAMILIES,
     SCHEDULE_TYPES,
     EaselError,
     GenerationRequest,
@@ -36,7 +37,7 @@ def _model_note(ui: UIContext, name: str) -> str:
 
 def _all_samplers() -> list[str]:
     names: list[str] = []
-    for family in ("sd1", "sd3"):
+    for family in FAMILIES:
         names += [name for name in samplers_for(family) if name not in names]
     return names
 

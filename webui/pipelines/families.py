@@ -8,26 +8,119 @@ without loading any weights.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from webui.errors import EaselError
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "sd3")
-
-FAMILY_LABELS = {
-    "sd1": "SD 1.x",
-    "sd2": "SD 2.x",
-    "sdxl": "SDXL",
-    "sdxl-refiner": "SDXL refiner",
-    "sd3": "SD 3/3.5",
-}
-
-#: The square side each family was trained at (what a new image defaults to).
-FAMILY_NATIVE_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024, "sdxl-refiner": 1024, "sd3": 1024}
-
-
 class UnsupportedModelError(EaselError, ValueError):
     """A model that is not one of the supported families; the message says what it is."""
+
+
+class UnsupportedTaskError(EaselError, ValueError):
+    """A task the model's family cannot run (e.g. txt2img with an SDXL refiner)."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """What Easel knows about one model family; every family question is answered here.
+
+    Code elsewhere asks this table (``family_spec(name).denoiser``, ``.pipelines["img2img"]``,
+    ...) instead of comparing family names.
+    """
+
+    name: str
+    label: str
+    native_size: int
+    """The square side the family was trained at (what a new image defaults to)."""
+    latent_multiple: int
+    """Image sides must be multiples of this (VAE factor 8, times the transformer's patch size)."""
+    pipelines: dict[str, str | None]
+    """diffusers pipeline class per task (``txt2img``, ``img2img``, ``inpaint``); None: cannot."""
+    inpaint_checkpoint: str | None
+    """The class a dedicated 9-channel inpainting single-file checkpoint loads with."""
+    denoiser: str
+    """The pipeline attribute holding the denoiser: ``unet`` or ``transformer``."""
+    text_encoding: str
+    """How prompts are encoded: ``clip`` (one CLIP), ``clip-pair`` (SDXL's two, pooled),
+    ``clip-g`` (the refiner's second CLIP only, pooled), ``sd3`` (two CLIPs + T5)."""
+    flow_matching: bool
+    """Flow-matching model (SD3): flow samplers, no DDPM noise schedule."""
+    default_sampler: str
+    safety_checker: bool
+    """The diffusers pipeline has a safety checker slot (Easel does not run it, like A1111)."""
+    accepts_refiner: bool
+    """An SDXL refiner may follow it (the base hands its latents over)."""
+    can_refine: bool
+    """It may act as the refiner of an ``accepts_refiner`` base."""
+    trainable: bool
+    """LoRA training and full fine-tuning support it."""
+    lora_format: str
+    """What the trainer writes: ``kohya`` keys, or ``peft`` keys (SD3)."""
+    prefers_bf16: bool
+    """bf16 on GPUs that support it (SD3's transformer overflows in fp16)."""
+    default_attention_processor: bool
+    """The denoiser has diffusers' ``set_default_attn_processor`` (UNets; SD3 keeps its own)."""
+    kohya_base_version: str | None = None
+    """``ss_base_model_version`` in a trained LoRA's metadata, as kohya's scripts write it."""
+
+    def pipeline_class_name(self, task: str) -> str:
+        """The diffusers class name for ``task``; raises :class:`UnsupportedTaskError` when the family cannot."""
+        name = self.pipelines.get(task)
+        if name is None:
+            raise UnsupportedTaskError(f"{self.label} models cannot run {task}")
+        return name
+
+    @property
+    def load_class_name(self) -> str:
+        """The class a model of this family is loaded with: txt2img's, else img2img's (the refiner)."""
+        return self.pipelines.get("txt2img") or self.pipeline_class_name("img2img")
+
+
+_SD = dict(txt2img="StableDiffusionPipeline", img2img="StableDiffusionImg2ImgPipeline",
+           inpaint="StableDiffusionInpaintPipeline")
+_SDXL = dict(txt2img="StableDiffusionXLPipeline", img2img="StableDiffusionXLImg2ImgPipeline",
+             inpaint="StableDiffusionXLInpaintPipeline")
+_UNET = dict(denoiser="unet", flow_matching=False, default_sampler="Euler a", lora_format="kohya",
+             prefers_bf16=False, default_attention_processor=True)
+
+FAMILY_TABLE: dict[str, Family] = {family.name: family for family in (
+    Family("sd1", "SD 1.x", 512, 8, _SD, "StableDiffusionInpaintPipeline", text_encoding="clip", safety_checker=True,
+           accepts_refiner=False, can_refine=False, trainable=True, kohya_base_version="sd_v1", **_UNET),
+    Family("sd2", "SD 2.x", 768, 8, _SD, "StableDiffusionInpaintPipeline", text_encoding="clip", safety_checker=True,
+           accepts_refiner=False, can_refine=False, trainable=True, kohya_base_version="sd_v2", **_UNET),
+    Family("sdxl", "SDXL", 1024, 8, _SDXL, "StableDiffusionXLInpaintPipeline", text_encoding="clip-pair",
+           safety_checker=False, accepts_refiner=True, can_refine=True, trainable=True,
+           kohya_base_version="sdxl_base_v1-0", **_UNET),
+    Family("sdxl-refiner", "SDXL refiner", 1024, 8, {**_SDXL, "txt2img": None}, None, text_encoding="clip-g",
+           safety_checker=False, accepts_refiner=False, can_refine=True, trainable=False, **_UNET),
+    Family("sd3", "SD 3/3.5", 1024, 16,
+           dict(txt2img="StableDiffusion3Pipeline", img2img="StableDiffusion3Img2ImgPipeline",
+                inpaint="StableDiffusion3InpaintPipeline"), None,
+           denoiser="transformer", text_encoding="sd3", flow_matching=True, default_sampler="Euler",
+           safety_checker=False, accepts_refiner=False, can_refine=False, trainable=True, lora_format="peft",
+           prefers_bf16=True, default_attention_processor=False, kohya_base_version="sd3"),
+)}
+
+FAMILIES = tuple(FAMILY_TABLE)
+FAMILY_LABELS = {name: family.label for name, family in FAMILY_TABLE.items()}
+#: The square side each family was trained at (what a new image defaults to).
+FAMILY_NATIVE_SIZES = {name: family.native_size for name, family in FAMILY_TABLE.items()}
+
+
+def family_spec(name: str) -> Family:
+    """The table entry of family ``name``; raises :class:`UnsupportedModelError` for an unknown one."""
+    try:
+        return FAMILY_TABLE[name]
+    except KeyError:
+        raise UnsupportedModelError(f"unknown model family {name!r}; expected one of {', '.join(FAMILIES)}") from None
+
+
+def pipeline_class(family: str, task: str = "txt2img"):
+    """The diffusers pipeline class that runs ``task`` for ``family``."""
+    import diffusers
+
+    return getattr(diffusers, family_spec(family).pipeline_class_name(task))
 
 
 def family_from_model_index(folder: Path) -> str:

@@ -16,6 +16,7 @@ from webui.pipelines.families import (
     UnsupportedModelError,
     detect_file_family,
     family_from_model_index,
+    family_spec,
     is_inpainting_checkpoint,
 )
 from webui.pipelines.sources import ModelSource, hub_offline, sidecar_config
@@ -28,38 +29,19 @@ class ModelLoadError(EaselError):
     """A model could not be loaded; the message says why and what to do."""
 
 
-def pipeline_class(family: str):
-    """The diffusers pipeline class that runs text-to-image for ``family``."""
+def inpaint_checkpoint_class(family: str):
+    """The diffusers class a dedicated (9-channel) inpainting single-file checkpoint of ``family`` loads with."""
     import diffusers
 
-    classes = {
-        "sd1": diffusers.StableDiffusionPipeline,
-        "sd2": diffusers.StableDiffusionPipeline,
-        "sdxl": diffusers.StableDiffusionXLPipeline,
-        "sdxl-refiner": diffusers.StableDiffusionXLImg2ImgPipeline,
-        "sd3": diffusers.StableDiffusion3Pipeline,
-    }
-    try:
-        return classes[family]
-    except KeyError:
-        raise UnsupportedModelError(f"unknown model family {family!r}") from None
-
-
-def inpaint_pipeline_class(family: str):
-    """The diffusers inpainting pipeline class of ``family`` (for 9-channel single-file checkpoints)."""
-    import diffusers
-
-    classes = {"sd1": diffusers.StableDiffusionInpaintPipeline, "sd2": diffusers.StableDiffusionInpaintPipeline,
-               "sdxl": diffusers.StableDiffusionXLInpaintPipeline}
-    try:
-        return classes[family]
-    except KeyError:
-        raise UnsupportedModelError(f"no inpainting checkpoint layout is known for {family} models") from None
+    name = family_spec(family).inpaint_checkpoint
+    if name is None:
+        raise UnsupportedModelError(f"no inpainting checkpoint layout is known for {family} models")
+    return getattr(diffusers, name)
 
 
 def _sd_extra_kwargs(family: str) -> dict:
     # Easel does not run the SD1/SD2 safety checker, like AUTOMATIC1111.
-    if family in ("sd1", "sd2"):
+    if family_spec(family).safety_checker:
         return {"safety_checker": None, "requires_safety_checker": False}
     return {}
 
@@ -101,7 +83,9 @@ def _hub_error(source: ModelSource, exc: Exception) -> ModelLoadError:
 
 def load_pipeline(source: ModelSource, family: str, dtype: torch.dtype):
     """Load ``source`` as a pipeline of ``family`` on the CPU, in ``dtype``."""
-    cls = pipeline_class(family)
+    import diffusers
+
+    cls = getattr(diffusers, family_spec(family).load_class_name)
     if source.kind == "builtin":
         return build_tiny_pipeline(source.location, torch_dtype=dtype)
     extra = _sd_extra_kwargs(family)
@@ -114,7 +98,7 @@ def load_pipeline(source: ModelSource, family: str, dtype: torch.dtype):
         if is_inpainting_checkpoint(Path(source.location)):
             # A dedicated inpainting checkpoint: its 9-channel UNet needs the inpainting
             # pipeline (txt2img refuses such a model after loading, with a message).
-            cls = inpaint_pipeline_class(family)
+            cls = inpaint_checkpoint_class(family)
         config = sidecar_config(source)
         kwargs = dict(torch_dtype=dtype, **extra)
         if config is not None:

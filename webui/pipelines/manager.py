@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from webui.pipelines.families import Family, family_spec
 from webui.pipelines.hashing import HashCache, denoiser_weights_file, sha256_state_dict, short_hash
 from webui.pipelines.loaders import detect_family, load_pipeline
 from webui.pipelines.sources import ModelCatalog, ModelSource
@@ -51,7 +52,7 @@ def default_dtype(device: torch.device, family: str | None = None, precision: st
         return named[precision]
     if device.type == "cpu":
         return torch.float32
-    if family == "sd3" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if family and family_spec(family).prefers_bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
 
@@ -75,6 +76,11 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.source.name
+
+    @property
+    def spec(self) -> Family:
+        """What the family table knows about this model's family (API 1.3)."""
+        return family_spec(self.family)
 
     @property
     def model_hash(self) -> str | None:

@@ -60,6 +60,8 @@ from typing import Any
 
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from webui.pipelines.families import FAMILIES, FAMILY_TABLE
+
 __all__ = [
     "SAMPLERS",
     "SCHEDULE_TYPES",
@@ -74,8 +76,7 @@ __all__ = [
     "is_sampler_available",
 ]
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "sd3")
-_FLOW_FAMILIES = frozenset({"sd3"})
+_FLOW_FAMILIES = frozenset(name for name, family in FAMILY_TABLE.items() if family.flow_matching)
 
 SCHEDULE_TYPES: list[str] = ["Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Beta"]
 

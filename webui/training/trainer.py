@@ -49,13 +49,13 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
+from webui.pipelines.families import FAMILY_TABLE, family_spec
 from webui.training.config import TEXT_ENCODER_TARGETS, ConfigError, TrainConfig, atomic_write_bytes
 from webui.training.dataset import Dataset, image_tensor, load_dataset, make_buckets, nearest_bucket, open_rgb
 
 log = logging.getLogger(__name__)
 
-TRAINABLE_FAMILIES = ("sd1", "sd2", "sdxl", "sd3")
-BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "sd3": "sd3"}
+TRAINABLE_FAMILIES = tuple(name for name, family in FAMILY_TABLE.items() if family.trainable)
 
 
 class StopTraining(Exception):
@@ -122,7 +122,7 @@ def quantized_denoiser(pipe, source, family: str, compute_dtype: torch.dtype):
 
     from diffusers import BitsAndBytesConfig
 
-    name = "transformer" if family == "sd3" else "unet"
+    name = family_spec(family).denoiser
     current = getattr(pipe, name)
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=compute_dtype)
@@ -227,6 +227,7 @@ class LoraTrainer:
                 raise ConfigError(f"The output name {config.output_name!r} is the base model itself; a full "
                                   "fine-tune must not overwrite it: pick another output name")
         self.pipe, self.family = load_base(config)
+        self.spec = family_spec(self.family)
         pipe = self.pipe
         pipe.set_progress_bar_config(disable=True)
         if config.quantize_base == "nf4":
@@ -234,12 +235,12 @@ class LoraTrainer:
 
             compute = self.weight_dtype if self.weight_dtype != torch.float32 else torch.bfloat16
             quantized = quantized_denoiser(pipe, resolve_source(config), self.family, compute)
-            name = "transformer" if self.family == "sd3" else "unet"
+            name = self.spec.denoiser
             setattr(pipe, name, None)
             pipe.register_modules(**{name: quantized})
             # norms and other unquantized weights to fp32, as the diffusers QLoRA scripts do
             prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
-        self.denoiser = pipe.transformer if self.family == "sd3" else pipe.unet
+        self.denoiser = getattr(pipe, self.spec.denoiser)
         self.text_encoders = [te for te in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None),
                                             getattr(pipe, "text_encoder_3", None)) if te is not None]
         for module in [self.denoiser, pipe.vae, *self.text_encoders]:
@@ -300,7 +301,7 @@ class LoraTrainer:
     def _noise_scheduler(self):
         from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
-        if self.family == "sd3":
+        if self.spec.flow_matching:
             return FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
         return DDPMScheduler.from_config(self.pipe.scheduler.config)
 
@@ -352,10 +353,11 @@ class LoraTrainer:
 
     def _encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         pipe, device = self.pipe, self.device
-        if self.family in ("sd1", "sd2"):
+        encoding = self.spec.text_encoding
+        if encoding == "clip":
             embeds, _ = pipe.encode_prompt(captions, device, 1, False)
             return {"embeds": embeds}
-        if self.family == "sdxl":
+        if encoding == "clip-pair":
             embeds, _, pooled, _ = pipe.encode_prompt(prompt=captions, device=device, num_images_per_prompt=1,
                                                       do_classifier_free_guidance=False)
             return {"embeds": embeds, "pooled": pooled}
@@ -481,7 +483,7 @@ class LoraTrainer:
             noise = noise + config.noise_offset * torch.randn((bsz, latents.shape[1], 1, 1),
                                                               generator=generator).to(self.device)
         scheduler = self.train_scheduler
-        if self.family == "sd3":
+        if self.spec.flow_matching:
             u = torch.sigmoid(torch.randn((bsz,), generator=generator)).to(self.device)  # logit-normal
             shift = float(getattr(scheduler.config, "shift", 1.0) or 1.0)
             sigmas = shift * u / (1 + (shift - 1) * u)
@@ -500,7 +502,7 @@ class LoraTrainer:
         prediction_type = scheduler.config.prediction_type
         target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
         kwargs = {}
-        if self.family == "sdxl":
+        if self.spec.text_encoding == "clip-pair":  # SDXL's UNet takes the pooled text and size ids
             kwargs["added_cond_kwargs"] = {"text_embeds": cond["pooled"],
                                            "time_ids": self._sdxl_time_ids([e[1] for e in encoded],
                                                                            [e[2] for e in encoded],
@@ -596,7 +598,7 @@ class LoraTrainer:
 
         config = self.config
         state = self._lora_state()
-        prefix = "transformer" if self.family == "sd3" else "unet"
+        prefix = self.spec.denoiser
         peft_state = {f"{prefix}.{k}": v for k, v in state["denoiser"].items()}
         te_prefixes = ["text_encoder", "text_encoder_2", "text_encoder_3"]
         for index, te in enumerate(self.lora_text_encoders):
@@ -604,7 +606,7 @@ class LoraTrainer:
             peft_state.update({f"{te_prefixes[position]}.{k}": v for k, v in state[f"text_encoder_{index}"].items()})
         peft_state = {k: v.to(torch.float16 if config.mixed_precision == "fp16" else torch.float32).contiguous()
                       for k, v in peft_state.items()}
-        if self.family == "sd3":
+        if self.spec.lora_format == "peft":
             scale = config.alpha / config.rank  # peft keys carry no alpha: fold it into B
             return {k: (v * scale if "lora_B" in k else v).contiguous() for k, v in peft_state.items()}, "peft"
         kohya = convert_state_dict_to_kohya(peft_state)
@@ -619,7 +621,7 @@ class LoraTrainer:
             "ss_network_module": "networks.lora",
             "ss_network_dim": str(config.rank),
             "ss_network_alpha": str(config.alpha),
-            "ss_base_model_version": BASE_MODEL_VERSION[self.family],
+            "ss_base_model_version": self.spec.kohya_base_version,
             "ss_sd_model_name": config.model,
             "ss_resolution": f"({config.resolution}, {config.resolution})",
             "ss_max_train_steps": str(self.total_steps),
@@ -627,7 +629,7 @@ class LoraTrainer:
             "ss_learning_rate": str(config.learning_rate),
             "ss_num_train_images": str(self.examples_per_epoch),
             "ss_seed": str(config.seed),
-            "ss_v2": str(self.family == "sd2"),
+            "ss_v2": str(self.spec.kohya_base_version == "sd_v2"),
             "easel_base_model": config.model,
             "easel_family": self.family,
             "easel_format": fmt,
@@ -649,7 +651,7 @@ class LoraTrainer:
 
     @property
     def prediction_type(self) -> str | None:
-        return "flow_matching" if self.family == "sd3" else self.train_scheduler.config.prediction_type
+        return "flow_matching" if self.spec.flow_matching else self.train_scheduler.config.prediction_type
 
     def save_full_model(self, step: int) -> Path:
         """Full fine-tune: the base pipeline with the trained (EMA, when on) UNet / transformer as a
@@ -694,7 +696,7 @@ class LoraTrainer:
         path = self.config.output_file
         atomic_write_bytes(path, save(state, metadata=self.metadata(step, fmt)))
         if self.config.save_diffusers_format:
-            peft_state = {f"{'transformer' if self.family == 'sd3' else 'unet'}.{k}": v.contiguous()
+            peft_state = {f"{self.spec.denoiser}.{k}": v.contiguous()
                           for k, v in self._lora_state()["denoiser"].items()}
             atomic_write_bytes(self.run_path / "pytorch_lora_weights.safetensors", save(peft_state))
         return path

@@ -1,0 +1,213 @@
+"""The job queue of a device: every image job waits here, first in first out.
+
+One worker thread owns the device and runs the jobs one after the other through the one
+generation path (:func:`webui.generation.run_generation`). Callers — the txt2img, img2img
+and Background tabs, the REST routes, the tests — :meth:`JobQueue.submit` a request and
+follow the job's events (:meth:`webui.jobs.Job.wait_events`) or :meth:`JobQueue.wait` for
+its result. A job from a second caller waits its turn and knows its place in line.
+
+* ``queued`` events carry ``position`` (1 = next to run, counting the running job) whenever
+  it changes; ``started``, ``step``, ``image`` and one final ``finished`` / ``failed``
+  (``message``) / ``interrupted`` / ``cancelled`` event follow.
+* :meth:`cancel` removes a job that has not started; a running job is interrupted instead
+  (what it finished is kept).
+* At most ``limit`` jobs wait (the ``queue.limit`` setting, default 32): one more is refused
+  with :class:`QueueFullError` and a message; nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+from webui.errors import EaselError
+from webui.jobs import GenerationRequest, GenerationResult, Job
+
+if TYPE_CHECKING:
+    from webui.context import EaselContext
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 32
+HISTORY = 256
+LIMIT_SETTING = "queue.limit"
+
+
+class QueueFullError(EaselError):
+    """The queue holds as many waiting jobs as it may; the message says so and what to do."""
+
+
+class JobCancelledError(EaselError):
+    """A job was cancelled before it started."""
+
+
+class JobQueue:
+    """FIFO queue with one worker thread for one device."""
+
+    def __init__(self, run: Callable[[GenerationRequest, Job], GenerationResult],
+                 limit: Callable[[], int] | int = DEFAULT_LIMIT, name: str = "easel-queue") -> None:
+        self._run = run
+        self._limit = limit
+        self._name = name
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._pending: collections.deque[tuple[Job, GenerationRequest]] = collections.deque()
+        self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        self._running: Job | None = None
+        self._worker: threading.Thread | None = None
+        self._closed = False
+
+    # --- submitting and following ------------------------------------------------------
+
+    @property
+    def limit(self) -> int:
+        return int(self._limit() if callable(self._limit) else self._limit)
+
+    def submit(self, request: GenerationRequest, job: Job | None = None) -> Job:
+        """Queue ``request``; returns its :class:`Job` at once. Raises :class:`QueueFullError` when full."""
+        job = job or Job()
+        with self._lock:
+            if self._closed:
+                raise QueueFullError("The server is shutting down and takes no new jobs")
+            if len(self._pending) >= self.limit:
+                raise QueueFullError(f"The queue is full ({self.limit} jobs waiting): try again when some have "
+                                     "finished, or raise the limit in Settings > Queue")
+            self._pending.append((job, request))
+            self._jobs[job.id] = job
+            self._forget_old_jobs()
+            self._ensure_worker()
+            self._wakeup.notify_all()
+        self._announce_positions()
+        return job
+
+    def wait(self, job: Job, timeout: float | None = None) -> GenerationResult:
+        """Block until ``job`` ends; its result, or the error that ended it raised again."""
+        seen = 0
+        while not job.done:
+            events = job.wait_events(seen, timeout=0.5 if timeout is None else min(timeout, 0.5))
+            seen += len(events)
+            if timeout is not None:
+                timeout -= 0.5
+                if timeout <= 0 and not job.done:
+                    raise TimeoutError(f"job {job.id} did not end in time")
+        if job.error is not None:
+            raise job.error
+        if job.result is None:
+            raise JobCancelledError("The job was cancelled before it started")
+        return job.result
+
+    def generate(self, request: GenerationRequest, job: Job | None = None) -> GenerationResult:
+        """Submit and wait; called on the worker thread itself (a job that runs a job) it runs at once."""
+        if threading.current_thread() is self._worker:
+            return self._run(request, job or Job())
+        return self.wait(self.submit(request, job))
+
+    def get(self, job_id: str) -> Job | None:
+        """A job this queue has seen (waiting, running or ended)."""
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def cancel(self, job: Job) -> str:
+        """Cancel a waiting job (``"cancelled"``) or interrupt a running one (``"interrupted"``)."""
+        with self._lock:
+            for index, (queued, _) in enumerate(self._pending):
+                if queued is job:
+                    del self._pending[index]
+                    break
+            else:
+                queued = None
+        if queued is not None:
+            job.interrupt()
+            job.emit("cancelled", message="Cancelled before it started")
+            self._announce_positions()
+            return "cancelled"
+        if not job.done:
+            job.interrupt()
+            return "interrupted"
+        return job.status
+
+    def snapshot(self) -> dict[str, Any]:
+        """What runs and what waits: ``{"running": id or None, "waiting": [ids], "limit": n}``."""
+        with self._lock:
+            return {"running": self._running.id if self._running else None,
+                    "waiting": [job.id for job, _ in self._pending], "limit": self.limit}
+
+    def close(self) -> None:
+        """Take no more jobs and let the worker end after the current one; waiting jobs are cancelled."""
+        with self._lock:
+            self._closed = True
+            pending = list(self._pending)
+            self._pending.clear()
+            self._wakeup.notify_all()
+        for job, _ in pending:
+            job.emit("cancelled", message="The server stopped before the job started")
+
+    # --- the worker --------------------------------------------------------------------
+
+    def _forget_old_jobs(self) -> None:
+        """Keep the ``HISTORY`` most recent ended jobs reachable by id (their images are on disk)."""
+        ended = [job_id for job_id, job in self._jobs.items() if job.done]
+        for job_id in ended[: max(0, len(ended) - HISTORY)]:
+            del self._jobs[job_id]
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._work, name=self._name, daemon=True)
+            self._worker.start()
+
+    def _announce_positions(self) -> None:
+        with self._lock:
+            ahead = 1 if self._running is not None else 0
+            places = [(job, ahead + index + 1) for index, (job, _) in enumerate(self._pending)]
+        for job, position in places:
+            job.set_position(position)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._closed:
+                    self._wakeup.wait()
+                if not self._pending:
+                    return
+                job, request = self._pending.popleft()
+                self._running = job
+            job.set_position(0)
+            self._announce_positions()
+            try:
+                self._run_one(job, request)
+            finally:
+                with self._lock:
+                    self._running = None
+                self._announce_positions()
+
+    def _run_one(self, job: Job, request: GenerationRequest) -> None:
+        job.emit("started", task=request.task, model=request.model)
+        try:
+            result = self._run(request, job)
+        except BaseException as exc:  # noqa: BLE001 - reported to the waiting caller, the worker goes on
+            job.error = exc
+            if not isinstance(exc, (EaselError, ValueError)):
+                log.exception("Job %s failed", job.id)
+            job.emit("failed", message=str(exc) or type(exc).__name__)
+            return
+        job.result = result
+        if result.interrupted:
+            job.emit("interrupted", images=len(result.images), seconds=result.seconds)
+        else:
+            job.emit("finished", images=len(result.images), seconds=result.seconds)
+
+
+def create_queue(context: "EaselContext") -> JobQueue:
+    """The queue of the context's device, running jobs through the one generation path."""
+    from webui.generation import run_generation
+
+    def limit() -> int:
+        try:
+            return int(context.settings.get(LIMIT_SETTING, DEFAULT_LIMIT))
+        except (TypeError, ValueError):
+            return DEFAULT_LIMIT
+
+    return JobQueue(lambda request, job: run_generation(context, request, job), limit=limit,
+                    name=f"easel-queue-{context.pipelines.device}")
