@@ -87,8 +87,9 @@ from webui.pipelines.manager import LoadedModel
 from webui.pipelines.schedulers import SAMPLERS, SCHEDULE_TYPES, make_scheduler, samplers_for, schedule_types_for
 from webui.pipelines.sources import ModelSource
 from webui.plugins import API_VERSION
-from webui.queue import QueueFullError
+from webui.queue import QueueFullError, follow_job
 from webui.tasks import flatten, mask_from_image, resize_image
+from webui.ui import forms as generation_form
 from webui.training.config import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
 from webui.training.config import ConfigError as TrainingConfigError
 from webui.training.launch import TrainingProcess
@@ -126,6 +127,38 @@ class Control:
     order: int = 100
 
 
+def _selected_index(event: Any) -> int:
+    """The index a Gallery ``select`` event names (Gradio passes it as ``gr.SelectData``)."""
+    index = getattr(event, "index", 0)
+    return index if isinstance(index, int) else 0
+
+
+def picked_image(value: Any, index: Any = 0) -> Any:
+    """The PIL image in an Image/Gallery value: a PIL image, an array, a file path, or a Gallery list
+    of ``(image, caption)`` items (item ``index``, else the first)."""
+    from PIL import Image
+
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if not value:
+            return None
+        item = value[index] if isinstance(index, int) and 0 <= index < len(value) else value[0]
+        return picked_image(item[0] if isinstance(item, (tuple, list)) else item)
+    if isinstance(value, dict):
+        return picked_image(value.get("composite") or value.get("background") or value.get("path")
+                            or value.get("image"))
+    if isinstance(value, Image.Image):
+        return value
+    if hasattr(value, "shape"):
+        return Image.fromarray(value)
+    if isinstance(value, str):
+        with Image.open(value) as opened:
+            opened.load()
+            return opened.copy()
+    return None
+
+
 @dataclass
 class UIContext:
     """What a tab's ``render`` gets: the app context plus UI helpers."""
@@ -133,6 +166,8 @@ class UIContext:
     context: EaselContext
     blocks: Any = field(default=None, repr=False)
     """The ``gr.Blocks`` being built (set by the shell); use :meth:`on_page_load` rather than this."""
+    _receivers: dict[str, tuple[Any, str]] = field(default_factory=dict, repr=False)
+    _sends: list[tuple[Any, Any, Any, str]] = field(default_factory=list, repr=False)
 
     def on_page_load(self, fn: Callable[..., Any], *, inputs: Any = None, outputs: Any = None,
                      **event_options: Any) -> Any:
@@ -171,6 +206,55 @@ class UIContext:
                 self.context.plugins.report_failure(control.key, "render", exc)
         return rendered
 
+    def image_receiver(self, name: str, component: Any, tab_id: str) -> None:
+        """Declare that ``component`` (an Image or ImageEditor in tab ``tab_id``) takes images sent as ``name``. API 1.3.
+
+        Built-in names: ``img2img``, ``inpaint``, ``background``, ``png-info``. A later
+        registration of the same name replaces the earlier one.
+        """
+        self._receivers[name] = (component, tab_id)
+
+    def send_button(self, target: str, source: Any, label: str, **button_options: Any) -> Any:
+        """A button that sends the image shown in ``source`` (a Gallery's selected image, or an Image) to
+        the receiver called ``target`` and switches to its tab. API 1.3.
+
+        The button is wired when the whole UI is built; where no tab receives ``target`` it is
+        hidden. Returns the button.
+        """
+        import gradio as gr
+
+        button = gr.Button(label, size="sm", **button_options)
+        selected = None
+        if isinstance(source, gr.Gallery):
+            selected = gr.State(0)
+
+            def remember_selection(event):
+                return _selected_index(event)
+
+            remember_selection.__annotations__ = {"event": gr.SelectData}  # Gradio passes the event by its type
+            source.select(remember_selection, inputs=None, outputs=selected, api_name=False, queue=False)
+        self._sends.append((button, source, selected, target))
+        return button
+
+    def wire_sends(self, tabs: Any) -> None:
+        """Wire every :meth:`send_button` to its receiver (the shell calls this once every tab is built)."""
+        import gradio as gr
+
+        for button, source, selected, target in self._sends:
+            if target not in self._receivers:
+                button.visible = False
+                continue
+            receiver, tab_id = self._receivers[target]
+
+            def send(value: Any, index: Any = 0, tab_id: str = tab_id):
+                image = picked_image(value, index)
+                if image is None:
+                    raise gr.Error("There is no image to send yet", print_exception=False)
+                return image, gr.Tabs(selected=tab_id)
+
+            inputs = [source] + ([selected] if selected is not None else [])
+            button.click(send, inputs=inputs, outputs=[receiver, tabs], api_name=False, queue=False)
+
     def last_used(self, scope: str) -> dict[str, Any]:
         """The values this tab saved with :meth:`remember` (empty on first start)."""
         return self.context.settings.last_used(scope)
@@ -195,6 +279,9 @@ __all__ = [
     "TASKS",
     "family_spec",
     "flatten",
+    "generation_form",
+    "picked_image",
+    "follow_job",
     "image_to_png",
     "mask_from_image",
     "png_to_image",

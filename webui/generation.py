@@ -20,6 +20,7 @@ device.
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -159,8 +160,8 @@ def check_sampler(request: GenerationRequest, family: str) -> None:
 class _StepReporter:
     """The diffusers ``callback_on_step_end``: progress, previews, Interrupt and Skip.
 
-    An extension's own ``callback_on_step_end`` (from ``pipeline_call_kwargs``) runs after
-    it, and what that returns goes back to the pipeline.
+    An extension's own ``callback_on_step_end`` (from ``pipeline_call_kwargs``) runs first,
+    and what it returns goes back to the pipeline.
     """
 
     def __init__(self, job: Job, family: str, step_offset: int = 0, then: Any = None) -> None:
@@ -170,6 +171,7 @@ class _StepReporter:
         self.then = then
 
     def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        answer = (self.then(pipe, step, timestep, callback_kwargs) or {}) if self.then is not None else {}
         number = self.step_offset + step + 1
         preview = None
         latents = callback_kwargs.get("latents")
@@ -179,11 +181,9 @@ class _StepReporter:
             except Exception as exc:  # a preview must never break a generation
                 log.debug("preview failed: %s", exc)
         self.job.step(number, preview)
-        if self.job.interrupted or self.job.skip_requested:
+        if self.job.interrupted or self.job.skip_requested:  # checked last: a press during this step counts
             pipe._interrupt = True
-        if self.then is not None:
-            return self.then(pipe, step, timestep, callback_kwargs) or {}
-        return {}
+        return answer
 
 
 def _free_memory(device: torch.device) -> None:
@@ -269,6 +269,9 @@ def _run_batches(context: "EaselContext", request: GenerationRequest, task: Task
                  result: GenerationResult) -> None:
     pipe = task_pipeline(model, task.pipeline_task(request, model))
     prepared = task.prepare(request, model)
+    if "width" not in prepared.arguments and "width" in inspect.signature(pipe.__call__).parameters:
+        # img2img pipelines that take a size (SD3's) would otherwise work at their default size
+        prepared.arguments.update(width=request.width, height=request.height)
     base_seed = resolve_seed(request.seed)
     prompt_kwargs = prompt_arguments(pipe, model.family, request.prompt, request.negative_prompt)
     extra_fields = extension_infotext_fields(context, request, model)

@@ -128,6 +128,9 @@ class GenerationRequest:
             raise RequestError("the SDXL refiner is available in txt2img only")
         if not 0.0 < float(self.denoising_strength) <= 1.0:
             raise RequestError(f"denoising strength must be above 0 and at most 1, got {self.denoising_strength}")
+        if int(int(self.steps) * float(self.denoising_strength)) < 1:
+            raise RequestError(f"{self.steps} steps at denoising strength {self.denoising_strength} runs no denoising "
+                               f"step (steps x strength must be at least 1): raise the steps or the strength")
         if int(self.resize_mode) not in range(len(RESIZE_MODES)):
             raise RequestError(f"resize mode must be 0 ({RESIZE_MODES[0]}), 1 ({RESIZE_MODES[1]}) or 2 "
                                f"({RESIZE_MODES[2]}), got {self.resize_mode}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from webui.errors import EaselError
 from webui.jobs import GenerationRequest, GenerationResult, Job
@@ -183,6 +183,9 @@ class JobQueue:
                 self._announce_positions()
 
     def _run_one(self, job: Job, request: GenerationRequest) -> None:
+        if job.interrupted:  # interrupted while it waited: it never starts
+            job.emit("cancelled", message="Cancelled before it started")
+            return
         job.emit("started", task=request.task, model=request.model)
         try:
             result = self._run(request, job)
@@ -197,6 +200,24 @@ class JobQueue:
             job.emit("interrupted", images=len(result.images), seconds=result.seconds)
         else:
             job.emit("finished", images=len(result.images), seconds=result.seconds)
+
+
+def follow_job(context: "EaselContext", request: GenerationRequest, job: Job,
+               poll_seconds: float = 0.25) -> Iterator[Job]:
+    """Queue ``request`` as ``job`` and yield the job whenever something happened (or every
+    ``poll_seconds``) until it ends; the generator's return value is the result.
+
+    For a UI tab that shows progress while it waits: ``result = yield from``-style use, or
+    drive it with ``next`` and read ``StopIteration.value``. Raises :class:`QueueFullError`
+    at once when the queue is full, and what the job raised when it failed.
+    """
+    queue = context.job_queue()
+    queue.submit(request, job)
+    seen = 0
+    while not job.done:
+        seen += len(job.wait_events(seen, timeout=poll_seconds))
+        yield job
+    return queue.wait(job)
 
 
 def create_queue(context: "EaselContext") -> JobQueue:

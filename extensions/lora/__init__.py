@@ -108,8 +108,8 @@ def adapter_name(name: str) -> str:
 
 @hookimpl
 def register_generation_controls(register, tab_id):
-    """The LoRA picker (names + weights) in txt2img."""
-    if tab_id != "txt2img":
+    """The LoRA picker (names + weights) in txt2img and img2img."""
+    if tab_id not in ("txt2img", "img2img"):
         return
 
     def render_names(ui):
@@ -120,7 +120,7 @@ def register_generation_controls(register, tab_id):
 
         dropdown = gr.Dropdown(choices=choices(), value=[], multiselect=True, label="LoRA",
                                info="Files in models/Lora/; <lora:name:weight> in the prompt works too",
-                               elem_id="txt2img-lora-names",
+                               elem_id=f"{tab_id}-lora-names",
                                allow_custom_value=True)  # LoRAs trained after start-up; checked on use
         dropdown.focus(lambda current: gr.update(choices=choices(), value=current), inputs=dropdown,
                        outputs=dropdown, api_name=False, queue=False)
@@ -130,7 +130,7 @@ def register_generation_controls(register, tab_id):
         import gradio as gr
 
         return gr.Textbox(value="", label="LoRA weights", placeholder="1.0, 0.6 (one per LoRA, in order)",
-                          elem_id="txt2img-lora-weights")
+                          elem_id=f"{tab_id}-lora-weights")
 
     register(Control(key="lora.names", render=render_names, order=50))
     register(Control(key="lora.weights", render=render_weights, order=51))

@@ -97,7 +97,7 @@ FAMILY_TABLE: dict[str, Family] = {family.name: family for family in (
     Family("sd3", "SD 3/3.5", 1024, 16,
            dict(txt2img="StableDiffusion3Pipeline", img2img="StableDiffusion3Img2ImgPipeline",
                 inpaint="StableDiffusion3InpaintPipeline"), None,
-           denoiser="transformer", text_encoding="sd3", flow_matching=True, default_sampler="Euler",
+           denoiser="transformer", text_encoding="sd3", flow_matching=True, default_sampler="Flow Euler",
            safety_checker=False, accepts_refiner=False, can_refine=False, trainable=True, lora_format="peft",
            prefers_bf16=True, default_attention_processor=False, kohya_base_version="sd3"),
 )}

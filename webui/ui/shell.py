@@ -85,7 +85,7 @@ def build_blocks(context: EaselContext) -> gr.Blocks:
     with gr.Blocks(title="Easel", analytics_enabled=False) as blocks:
         ui = UIContext(context=context, blocks=blocks)
         gr.Markdown(f"# Easel\nStable Diffusion on diffusers · v{__version__}", elem_id="easel-header")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             for tab in collect_tabs(context):
                 with gr.Tab(tab.label, id=tab.id):
                     try:
@@ -96,4 +96,5 @@ def build_blocks(context: EaselContext) -> gr.Blocks:
                         gr.Markdown(f"**This tab failed to load:** `{type(exc).__name__}: {exc}`")
             with gr.Tab("Settings", id="settings"):
                 _render_settings(context)
+        ui.wire_sends(tabs)
     return blocks
