@@ -10,6 +10,9 @@ import pytest
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                "--disable-component-update", "--disable-sync"]
+# Gradio's ImageEditor draws with WebGL: without a GPU, chromium needs its software renderer.
+WEBGL_LAUNCH_ARGS = [arg for arg in LAUNCH_ARGS if arg != "--disable-gpu"] + ["--use-angle=swiftshader",
+                                                                              "--enable-unsafe-swiftshader"]
 
 
 def playwright_or_skip():

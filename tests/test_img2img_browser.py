@@ -1,0 +1,123 @@
+"""img2img and inpainting as a person uses them: headless Debian chromium through Playwright."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.browser_support import CHROMIUM, WEBGL_LAUNCH_ARGS, pick, playwright_or_skip, set_number
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+playwright_api = playwright_or_skip()
+
+
+@pytest.fixture(scope="module")
+def page(live_server):
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=WEBGL_LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(live_server["url"], wait_until="domcontentloaded")
+        page.locator("#txt2img-prompt textarea").wait_for(state="visible", timeout=60_000)
+        yield page
+        browser.close()
+
+
+def size_of(page, tab: str) -> tuple[str, str]:
+    return (page.locator(f"#{tab}-width input[type=number]").input_value(),
+            page.locator(f"#{tab}-height input[type=number]").input_value())
+
+
+def circle_png(path) -> None:
+    image = Image.new("RGB", (128, 128), (30, 60, 200))
+    ImageDraw.Draw(image).ellipse((32, 32, 96, 96), fill=(220, 30, 30))
+    image.save(path)
+
+
+def wait_done(page, tab: str) -> str:
+    page.wait_for_function(
+        f"() => /image\\(s\\) in|rror/.test(document.querySelector('#{tab}-progress')?.innerText || '')",
+        timeout=180_000)
+    progress = page.locator(f"#{tab}-progress").inner_text()
+    assert "image(s) in" in progress, progress
+    page.locator(f"#{tab}-gallery img").first.wait_for(state="visible", timeout=30_000)
+    return page.locator(f"#{tab}-info textarea").input_value()
+
+
+def gallery_image(page, tab: str) -> Image.Image:
+    served = page.request.get(page.locator(f"#{tab}-gallery img").first.get_attribute("src"))
+    return Image.open(io.BytesIO(served.body())).convert("RGB")
+
+
+def test_choosing_a_model_sets_width_and_height_to_its_native_size(page):
+    """The bug seen in a real browser: choosing easel-shapes set Width to 128 but left Height at 512."""
+    assert size_of(page, "txt2img") == ("128", "128")  # the offline default, the demo model
+    pick(page, "txt2img-model", "tiny (built-in")
+    page.wait_for_function("() => document.querySelector('#txt2img-height input[type=number]').value === '512'",
+                           timeout=30_000)
+    assert size_of(page, "txt2img") == ("512", "512")
+    pick(page, "txt2img-model", "easel-shapes")
+    page.wait_for_function("() => document.querySelector('#txt2img-height input[type=number]').value === '128'",
+                           timeout=30_000)
+    assert size_of(page, "txt2img") == ("128", "128")
+
+
+def test_img2img_upload_generate_and_see_the_result_with_its_infotext(page, tmp_path):
+    page.get_by_role("tab", name="img2img", exact=True).first.click()
+    page.locator("#img2img-prompt textarea").wait_for(state="visible", timeout=30_000)
+    picture = tmp_path / "circle.png"
+    circle_png(picture)
+    page.locator("#img2img-image input[type=file]").set_input_files(str(picture))
+    page.wait_for_function("() => document.querySelector('#img2img-width input[type=number]').value === '128'",
+                           timeout=30_000)
+    page.locator("#img2img-prompt textarea").fill("a large red circle on a blue background")
+    set_number(page, "img2img-steps", "8")
+    set_number(page, "img2img-strength", "0.5")
+    page.locator("#img2img-generate").click()
+    info = wait_done(page, "img2img")
+    assert "Denoising strength: 0.5" in info and "Size: 128x128" in info and "Model: easel-shapes" in info
+    result = np.asarray(gallery_image(page, "img2img")).astype(int)
+    start = np.asarray(Image.open(picture)).astype(int)
+    assert np.abs(result - start).mean() < 60  # at half strength the circle on blue is still there
+    assert result[64, 64, 0] > 150 and result[8, 8, 2] > 120
+    page.screenshot(path=str(tmp_path / "img2img.png"), full_page=True)
+
+
+def test_inpaint_paint_a_mask_generate_and_see_the_result_with_its_infotext(page, tmp_path):
+    page.get_by_role("tab", name="img2img", exact=True).first.click()
+    page.get_by_role("tab", name="Inpaint", exact=True).first.click()
+    editor = page.locator("#img2img-inpaint-editor")
+    editor.wait_for(state="visible", timeout=30_000)
+    picture = tmp_path / "circle.png"
+    circle_png(picture)
+    editor.locator("input[type=file]").first.set_input_files(str(picture))
+    canvas = editor.locator("canvas").first
+    canvas.wait_for(state="visible", timeout=30_000)
+    page.wait_for_timeout(500)  # let the editor lay out the uploaded image
+    brush = editor.get_by_role("button", name="Brush")
+    if brush.count():
+        brush.first.click()
+    box = canvas.bounding_box()
+    # paint over the top-left quarter of the picture
+    page.mouse.move(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.2)
+    page.mouse.down()
+    for fraction in (0.2, 0.25, 0.3, 0.35, 0.4):
+        page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * fraction, steps=4)
+        page.mouse.move(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * fraction, steps=4)
+    page.mouse.up()
+    page.locator("#img2img-prompt textarea").fill("a large green square on a yellow background")
+    set_number(page, "img2img-steps", "8")
+    set_number(page, "img2img-strength", "1")
+    page.screenshot(path=str(tmp_path / "inpaint-painted.png"), full_page=True)
+    page.locator("#img2img-generate").click()
+    info = wait_done(page, "img2img")
+    page.screenshot(path=str(tmp_path / "inpaint.png"), full_page=True)
+    assert "Mask blur: 4" in info and "Masked content: original" in info and "Inpaint area: Whole picture" in info
+    result = np.asarray(gallery_image(page, "img2img")).astype(int)
+    start = np.asarray(Image.open(picture)).astype(int)
+    changed = np.abs(result - start).sum(axis=2) > 30
+    assert changed.any(), "nothing was repainted"
+    assert not changed[100:, 100:].any()  # far from the stroke the picture is untouched
