@@ -161,8 +161,9 @@ def _unsatisfied(requirements: list[str]) -> list[str]:
     return missing
 
 
-def tested_versions(path: Path = TESTED_VERSIONS) -> dict[str, str]:
-    """``{canonical name: version}`` of the tested set that applies to this interpreter."""
+def tested_versions(path: Path | None = None) -> dict[str, str]:
+    """``{canonical name: version}`` of the tested set (default ``TESTED_VERSIONS``) for this interpreter."""
+    path = path or TESTED_VERSIONS
     if not path.exists():
         return {}
     Requirement = _requirement_class()

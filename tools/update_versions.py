@@ -107,7 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", default=sys.executable, help="interpreter for the throwaway venv")
     parser.add_argument("--keep-venv", action="store_true", help="do not delete the venv afterwards")
     parser.add_argument("--output", type=Path, default=launch.TESTED_VERSIONS, help="the constraints file to rewrite")
+    parser.add_argument("--requirements", type=Path, action="append",
+                        help="a requirements file to install (may be repeated; default: requirements.txt and "
+                             "requirements-test.txt)")
+    parser.add_argument("--no-deps", action="append", metavar="REQUIREMENT",
+                        help="a package installed without its dependencies (\"\" for none; default: "
+                             f"{', '.join(launch.NO_DEPS_TEST_PACKAGES)})")
     args = parser.parse_args(argv)
+    requirement_files = args.requirements or [launch.REQUIREMENTS, launch.TEST_REQUIREMENTS]
+    no_deps = [item for item in (launch.NO_DEPS_TEST_PACKAGES if args.no_deps is None else args.no_deps) if item]
 
     work = Path(tempfile.mkdtemp(prefix="easel-update-versions-"))
     venv = work / "venv"
@@ -116,10 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         if _run([args.python, "-m", "venv", str(venv)]) != 0:
             print("[update] could not create the venv", file=sys.stderr)
             return 2
-        install = [str(python), "-m", "pip", "install", "--disable-pip-version-check",
-                   "-r", str(launch.REQUIREMENTS), "-r", str(launch.TEST_REQUIREMENTS)]
-        if _run(install) != 0 or _run([str(python), "-m", "pip", "install", "--disable-pip-version-check",
-                                        "--no-deps", *launch.NO_DEPS_TEST_PACKAGES]) != 0:
+        install = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
+        for path in requirement_files:
+            install += ["-r", str(path)]
+        if _run(install) != 0 or (no_deps and _run([str(python), "-m", "pip", "install",
+                                                    "--disable-pip-version-check", "--no-deps", *no_deps]) != 0):
             print("[update] installing the newest versions failed; requirements-versions.txt is unchanged",
                   file=sys.stderr)
             return 1
