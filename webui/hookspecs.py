@@ -90,7 +90,7 @@ def configure_pipeline(model, context):
 
 @hookspec
 def before_generation(request, model, context):
-    """Called before every generation, with the device lock held.
+    """Called before every image job (txt2img, img2img, inpaint — ``request.task``), with the device lock held.
 
     ``request`` is the :class:`webui.api.GenerationRequest` (validated, seeds not yet
     drawn); ``model`` the :class:`webui.api.LoadedModel` about to run it; ``context`` the
@@ -103,10 +103,13 @@ def before_generation(request, model, context):
 
 @hookspec
 def pipeline_call_kwargs(request, model):
-    """Extra keyword arguments for the diffusers pipeline call.
+    """Extra keyword arguments for the diffusers pipeline call of this job.
 
     Return a dict (merged over the ones Easel builds; later extensions win on clashes)
-    or None. Called once per batch, after ``before_generation``.
+    or None. Called once per job, after ``before_generation``; the arguments go to every
+    batch's call of the job's own pipeline (not to an SDXL refiner's). A
+    ``callback_on_step_end`` here runs at every step before Easel's own (progress,
+    Interrupt, Skip), and what it returns goes back to the pipeline.
     """
 
 
@@ -124,7 +127,9 @@ def infotext_fields(request, model):
     """Extra ``key: value`` pairs for the image's infotext (A1111 format).
 
     Return a dict of field name to value (None values are left out), or None. Use it to
-    record options that change the image, so the image can be reproduced.
+    record options that change the image, so the image can be reproduced. These fields only
+    add keys: one that Easel or the job's task already writes (``Seed``, ``Denoising
+    strength``, ...) is kept as Easel wrote it.
     """
 
 
