@@ -107,7 +107,7 @@ def load_pipeline(source: ModelSource, family: str, dtype: torch.dtype):
     extra = _sd_extra_kwargs(family)
     if source.kind == "folder":
         try:
-            return cls.from_pretrained(source.location, torch_dtype=dtype, local_files_only=True, **extra)
+            return cls.from_pretrained(source.location, dtype=dtype, local_files_only=True, **extra)
         except Exception as exc:
             raise ModelLoadError(f"Could not load the diffusers folder {source.name}: {exc}") from exc
     if source.kind == "file":
@@ -116,7 +116,7 @@ def load_pipeline(source: ModelSource, family: str, dtype: torch.dtype):
             # pipeline (txt2img refuses such a model after loading, with a message).
             cls = inpaint_pipeline_class(family)
         config = sidecar_config(source)
-        kwargs = dict(torch_dtype=dtype, **extra)
+        kwargs = dict(dtype=dtype, **extra)
         if config is not None:
             kwargs["config"] = str(config)
             kwargs["local_files_only"] = True
@@ -133,7 +133,7 @@ def load_pipeline(source: ModelSource, family: str, dtype: torch.dtype):
             raise ModelLoadError(f"Could not load {source.name}: {exc}.{hint}") from exc
     if source.kind == "hub":
         try:
-            return cls.from_pretrained(source.location, torch_dtype=dtype, **extra)
+            return cls.from_pretrained(source.location, dtype=dtype, **extra)
         except Exception as exc:
             raise _hub_error(source, exc) from exc
     raise ModelLoadError(f"unknown model source kind {source.kind!r}")
