@@ -31,6 +31,12 @@ opens or reloads the page, e.g. to re-attach to a running job) and :func:`traini
 ``EaselContext.model_source(name)`` (a listed model's source: label, family, the UI ``note``)
 and ``EaselContext.native_size_of(name)`` (the side a model was trained at, e.g. 128 for the
 offline demo model, else its family's).
+
+Added in 1.3: sending values from one tab to another (the PNG Info tab's "Send to txt2img"):
+a tab offers components others may fill with :meth:`UIContext.share_fields`; another tab wires
+a button with :meth:`UIContext.send_to`; :func:`resolve_sampler` splits A1111's legacy sampler
+names (``"DPM++ 2M Karras"``) into sampler and schedule type; :func:`read_image_text` reads every
+text an image carries (PNG text chunks, EXIF UserComment).
 """
 
 from __future__ import annotations
@@ -67,10 +73,17 @@ from webui.jobs import (
     RequestError,
     resolve_seed,
 )
-from webui.outputs import read_infotext, save_image
+from webui.outputs import read_image_text, read_infotext, save_image
 from webui.pipelines.families import FAMILIES, FAMILY_LABELS
 from webui.pipelines.manager import LoadedModel
-from webui.pipelines.schedulers import SAMPLERS, SCHEDULE_TYPES, make_scheduler, samplers_for, schedule_types_for
+from webui.pipelines.schedulers import (
+    SAMPLERS,
+    SCHEDULE_TYPES,
+    make_scheduler,
+    resolve_sampler,
+    samplers_for,
+    schedule_types_for,
+)
 from webui.pipelines.sources import ModelSource
 from webui.plugins import API_VERSION
 from webui.training.config import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
@@ -155,6 +168,60 @@ class UIContext:
                 self.context.plugins.report_failure(control.key, "render", exc)
         return rendered
 
+    _shared: dict[str, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
+    _sends: list[tuple[Any, str, Callable[..., Any], list[Any]]] = field(default_factory=list, init=False,
+                                                                        repr=False)
+    tabs: Any = field(default=None, repr=False)
+    """The shell's ``gr.Tabs`` (set by the shell); :meth:`send_to` selects the target tab through it."""
+
+    def share_fields(self, tab_id: str, fields: dict[str, Any]) -> None:
+        """Offer components of tab ``tab_id`` that other tabs may fill with :meth:`send_to`. API 1.3.
+
+        ``fields`` maps a field name to a component. txt2img shares ``prompt``,
+        ``negative_prompt``, ``model``, ``sampler``, ``schedule_type``, ``steps``, ``cfg_scale``,
+        ``seed``, ``width`` and ``height``. Calling it again adds to (or replaces) fields.
+        """
+        self._shared.setdefault(tab_id, {}).update(fields)
+
+    def shared_fields(self, tab_id: str) -> dict[str, Any]:
+        """The components tab ``tab_id`` shared so far (empty when none)."""
+        return dict(self._shared.get(tab_id, {}))
+
+    def send_to(self, tab_id: str, button: Any, fn: Callable[..., dict[str, Any]], inputs: Any = None) -> None:
+        """Make ``button`` send values to tab ``tab_id`` and switch to it. API 1.3.
+
+        ``fn(*inputs)`` returns ``{field: value}``; each value goes into the component the
+        target shared under that name (:meth:`share_fields`); fields it did not share, and
+        shared fields left out of the dict, are left as they are. ``None`` sends nothing and
+        stays on the tab. The wiring is done once
+        every tab is rendered, so the target may come before or after the sending tab. When
+        the target shares nothing (its extension is disabled or failed) the button is hidden.
+        """
+        inputs = [] if inputs is None else list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        self._sends.append((button, tab_id, fn, inputs))
+
+    def finish_rendering(self) -> None:
+        """Wire the :meth:`send_to` buttons (the shell calls this after every tab rendered)."""
+        import gradio as gr
+
+        for button, tab_id, fn, inputs in self._sends:
+            targets = self.shared_fields(tab_id)
+            if not targets:
+                button.visible = False
+                continue
+            names = list(targets)
+
+            def send(*values: Any, fn=fn, names=names, tab_id=tab_id) -> list[Any]:
+                chosen = fn(*values)
+                if chosen is None:  # nothing to send: stay here
+                    return [gr.skip()] * (len(names) + (self.tabs is not None))
+                updates = [gr.update(value=chosen[name]) if name in chosen else gr.skip() for name in names]
+                return updates + ([gr.Tabs(selected=tab_id)] if self.tabs is not None else [])
+
+            outputs = [targets[name] for name in names] + ([self.tabs] if self.tabs is not None else [])
+            button.click(send, inputs=inputs, outputs=outputs, api_name=False, queue=False)
+        self._sends.clear()
+
     def last_used(self, scope: str) -> dict[str, Any]:
         """The values this tab saved with :meth:`remember` (empty on first start)."""
         return self.context.settings.last_used(scope)
@@ -206,7 +273,9 @@ __all__ = [
     "make_scheduler",
     "parse_infotext",
     "prompt_arguments",
+    "read_image_text",
     "read_infotext",
+    "resolve_sampler",
     "read_training_events",
     "training_log_tail",
     "resolve_seed",

@@ -94,7 +94,8 @@ def render_txt2img_tab(ui: UIContext) -> None:
                 batch_size = gr.Slider(1, 8, value=last.get("batch_size", 1), step=1, label="Batch size")
             cfg = gr.Slider(0, 30, value=last.get("cfg_scale", 7.0), step=0.5, label="CFG scale")
             with gr.Row():
-                seed = gr.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", scale=3)
+                seed = gr.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", scale=3,
+                                 elem_id="txt2img-seed")
                 random_seed = gr.Button("Random", scale=0, min_width=70)
                 reuse_seed = gr.Button("Reuse", scale=0, min_width=70)
             with gr.Accordion("SDXL refiner", open=False):
@@ -170,6 +171,9 @@ def render_txt2img_tab(ui: UIContext) -> None:
         (job.interrupt if which == "interrupt" else job.skip)()
         return "Interrupting…" if which == "interrupt" else "Skipping the current image…"
 
+    ui.share_fields(SCOPE, {"prompt": prompt, "negative_prompt": negative, "model": model, "sampler": sampler,
+                            "schedule_type": schedule, "steps": steps, "cfg_scale": cfg, "seed": seed,
+                            "width": width, "height": height})
     inputs = [job_holder, model, prompt, negative, sampler, schedule, steps, width, height, cfg, seed, batch_count,
               batch_size, use_refiner, refiner_model, switch_at] + [component for _, component in extension_controls]
     generate.click(run, inputs=inputs, outputs=[gallery, preview, progress, info, used_seed], api_name="txt2img",
@@ -190,18 +194,21 @@ def render_txt2img_tab(ui: UIContext) -> None:
 
     refresh.click(refresh_models, inputs=model, outputs=[model, refiner_model], api_name=False, queue=False)
 
-    def follow_model(name: str, current_sampler: str, previous_side: int | None, current_width: float,
-                     current_height: float):
-        """A new model: its note, its family's samplers, and its native size where the size was the old one's."""
+    def follow_model(name: str, current_sampler: str):
+        """A new model (picked here or sent from another tab): its note and its family's samplers."""
         family = context.family_of(name) if name else None
         choices = samplers_for(family) if family else _all_samplers()
         chosen = current_sampler if current_sampler in choices else (
             "Euler a" if "Euler a" in choices else choices[0])
+        return _model_note(ui, name), gr.update(choices=choices, value=chosen)
+
+    def follow_model_size(name: str, previous_side: int | None, current_width: float, current_height: float):
+        """A model picked here: its native size where the size was the old model's (values sent from
+        another tab, e.g. PNG Info, keep their own size)."""
         side = context.native_size_of(name) if name else None
         untouched = previous_side is not None and int(current_width) == int(current_height) == int(previous_side)
         size_update = gr.update(value=side) if side and untouched else gr.skip()
-        return (_model_note(ui, name), gr.update(choices=choices, value=chosen), side or previous_side,
-                size_update, size_update)
+        return side or previous_side, size_update, size_update
 
     def follow_sampler(name: str, sampler_name: str, current_schedule: str):
         family = context.family_of(name) or "sd1"
@@ -211,6 +218,7 @@ def render_txt2img_tab(ui: UIContext) -> None:
             choices = SCHEDULE_TYPES
         return gr.update(choices=choices, value=current_schedule if current_schedule in choices else choices[0])
 
-    model.change(follow_model, inputs=[model, sampler, model_side, width, height],
-                 outputs=[model_note, sampler, model_side, width, height], api_name=False, queue=False)
+    model.change(follow_model, inputs=[model, sampler], outputs=[model_note, sampler], api_name=False, queue=False)
+    model.input(follow_model_size, inputs=[model, model_side, width, height], outputs=[model_side, width, height],
+                api_name=False, queue=False)
     sampler.change(follow_sampler, inputs=[model, sampler, schedule], outputs=schedule, api_name=False, queue=False)

@@ -101,7 +101,8 @@ def build_blocks(context: EaselContext) -> gr.Blocks:
     with gr.Blocks(title="Easel", analytics_enabled=False) as blocks:
         ui = UIContext(context=context, blocks=blocks)
         gr.Markdown(f"# Easel\nStable Diffusion on diffusers · v{__version__}", elem_id="easel-header")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
+            ui.tabs = tabs
             for tab in collect_tabs(context):
                 with gr.Tab(tab.label, id=tab.id):
                     try:
@@ -112,4 +113,5 @@ def build_blocks(context: EaselContext) -> gr.Blocks:
                         gr.Markdown(f"**This tab failed to load:** `{type(exc).__name__}: {exc}`")
             with gr.Tab("Settings", id="settings"):
                 _render_settings(context)
+        ui.finish_rendering()  # "Send to <tab>" buttons, now that every tab's components exist
     return blocks
