@@ -25,6 +25,16 @@ FAMILY_LABELS = {
 #: The square side each family was trained at (what a new image defaults to).
 FAMILY_NATIVE_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024, "sdxl-refiner": 1024, "sd3": 1024}
 
+#: The built-in tiny models (random weights, built from configs by :mod:`webui.pipelines.tiny`)
+#: and their families. Here, not in ``tiny``, so listing models imports no diffusers model code.
+TINY_MODELS: dict[str, str] = {
+    "tiny": "sd1",
+    "tiny-sd2": "sd2",
+    "tiny-sdxl": "sdxl",
+    "tiny-sdxl-refiner": "sdxl-refiner",
+    "tiny-sd3": "sd3",
+}
+
 
 class UnsupportedModelError(EaselError, ValueError):
     """A model that is not one of the supported families; the message says what it is."""

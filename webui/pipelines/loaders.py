@@ -19,7 +19,6 @@ from webui.pipelines.families import (
     is_inpainting_checkpoint,
 )
 from webui.pipelines.sources import ModelSource, hub_offline, sidecar_config
-from webui.pipelines.tiny import build_tiny_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +102,8 @@ def load_pipeline(source: ModelSource, family: str, dtype: torch.dtype):
     """Load ``source`` as a pipeline of ``family`` on the CPU, in ``dtype``."""
     cls = pipeline_class(family)
     if source.kind == "builtin":
+        from webui.pipelines.tiny import build_tiny_pipeline
+
         return build_tiny_pipeline(source.location, torch_dtype=dtype)
     extra = _sd_extra_kwargs(family)
     if source.kind == "folder":
