@@ -125,8 +125,8 @@ def test_other_text_chunks_are_listed(tmp_path):
     assert "No generation parameters in this image" in status and "It has other text: workflow, Comment." in status
 
 
-@pytest.mark.parametrize("kind", ["plain", "corrupt", "text", "truncated"])
-def test_odd_files_give_a_clear_message(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["plain", "corrupt", "text", "truncated", "bomb"])
+def test_odd_files_give_a_clear_message(tmp_path, kind, monkeypatch):
     module = png_info()
     path = tmp_path / "odd.png"
     if kind == "plain":
@@ -135,6 +135,9 @@ def test_odd_files_give_a_clear_message(tmp_path, kind):
         path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     elif kind == "text":
         path.write_text("this is not an image")
+    elif kind == "bomb":  # more pixels than Pillow's decompression-bomb limit
+        Image.new("RGB", (64, 64)).save(path)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     else:
         full = tmp_path / "full.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(full)

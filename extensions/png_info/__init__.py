@@ -49,7 +49,7 @@ def describe_image(path: str | Path) -> ImageInfo:
             image.load()
             texts = read_image_text(image)
             summary = f"{image.format or 'image'}, {image.width}x{image.height}, {image.mode}"
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         return ImageInfo(summary=f"{name} is not an image this server can read ({type(exc).__name__}: {exc}).",
                          readable=False)
     infotext_key = next((key for key in INFOTEXT_KEYS if texts.get(key, "").strip()), None)
