@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import string
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from tests.browser_support import CHROMIUM, LAUNCH_ARGS, playwright_or_skip
+from tests.browser_support import CHROMIUM, LAUNCH_ARGS, pick, playwright_or_skip, set_number
 from webui.demo_model.judge import judge
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -57,3 +60,86 @@ def test_extensions_tab_shows_the_builtins(page):
     table = page.locator("#extensions-table")
     table.wait_for(state="visible", timeout=30_000)
     assert "txt2img" in table.inner_text()
+    # the Status column (third) in plain words: no emoji, which is a box without an emoji font
+    statuses = page.locator("#extensions-table [role=gridcell][data-col=\"2\"]").all_inner_texts()
+    assert statuses and {status.strip() for status in statuses} <= {"loaded", "failed", "disabled"}, statuses
+    assert all(set(status) <= set(string.printable) for status in statuses)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU reasons")
+def test_settings_tab_says_each_reason_once(page):
+    page.get_by_role("tab", name="Settings").click()
+    page.get_by_text("Apply settings").wait_for(state="visible", timeout=30_000)
+    text = page.locator("body").inner_text()
+    assert text.count("offload needs a GPU") == 1, text.count("offload needs a GPU")
+    assert "model, sequential, group-block, group-leaf, auto — offload needs a GPU" in text
+    assert text.count("bitsandbytes needs CUDA") == 1
+
+
+def _gallery_png(page) -> bytes:
+    """The bytes of the first image in txt2img's gallery, as the server serves them."""
+    image = page.locator("#txt2img-gallery img").first
+    image.wait_for(state="visible", timeout=180_000)
+    return page.request.get(image.get_attribute("src")).body()
+
+
+def test_png_info_round_trip_draws_the_same_image(page, tmp_path):
+    """Generate, drop the PNG on PNG Info, send it to txt2img (over changed fields), generate again."""
+    page.get_by_role("tab", name="txt2img").click()
+    page.locator("#txt2img-prompt textarea").fill("a small green square on a yellow background on the left")
+    for slider, value in (("steps", "12"), ("width", "128"), ("height", "128")):
+        set_number(page, f"txt2img-{slider}", value)
+    seed = page.locator("#txt2img-seed input")
+    seed.fill("4242")
+    seed.press("Enter")
+    page.locator("#txt2img-generate").click()
+    page.wait_for_function(
+        "() => (document.querySelector('#txt2img-progress')?.innerText || '').includes('image(s) in')",
+        timeout=180_000)
+    first = _gallery_png(page)
+    dropped = tmp_path / "dropped.png"
+    dropped.write_bytes(first)
+    assert "Seed: 4242" in (Image.open(dropped).text.get("parameters") or "")  # the served PNG keeps its chunk
+
+    # change what the send must restore; picking a model sets its native size (512 for tiny)
+    pick(page, "txt2img-model", "tiny")
+    page.wait_for_function("() => document.querySelector('#txt2img-width input[type=number]')?.value === '512'",
+                           timeout=30_000)
+    page.locator("#txt2img-prompt textarea").fill("a large blue circle on a red background")
+    set_number(page, "txt2img-steps", "3")
+    seed.fill("-1")
+    seed.press("Enter")
+
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#png-info-file input[type=file]").set_input_files(str(dropped))
+    page.wait_for_function(
+        "() => (document.querySelector('#png-info-status')?.innerText || '').includes('Send to txt2img sets')",
+        timeout=60_000)
+    status = page.locator("#png-info-status").inner_text()
+    assert status.startswith("PNG, 128x128, RGB") and "model" in status, status
+    assert page.locator("#png-info-prompt textarea").input_value() == \
+        "a small green square on a yellow background on the left"
+    fields = page.locator("#png-info-fields").inner_text()
+    assert "Seed" in fields and "4242" in fields and "easel-shapes" in fields
+    page.locator("#png-info-send-txt2img").click()
+
+    prompt = page.locator("#txt2img-prompt textarea")
+    prompt.wait_for(state="visible", timeout=30_000)  # the send switched to the txt2img tab
+    page.wait_for_function(
+        "() => document.querySelector('#txt2img-prompt textarea')?.value.includes('green square')", timeout=30_000)
+    assert page.locator("#txt2img-steps input[type=number]").input_value() == "12"
+    assert seed.input_value() == "4242"
+    # the sent model (the demo model) is back, and the sent size stays (not the old model's 512)
+    assert "easel-shapes" in page.locator("#txt2img-model input").first.input_value()
+    assert page.locator("#txt2img-width input[type=number]").input_value() == "128"
+    assert page.locator("#txt2img-height input[type=number]").input_value() == "128"
+    before = page.locator("#txt2img-gallery img").first.get_attribute("src")
+    page.locator("#txt2img-generate").click()
+    page.wait_for_function("(before) => { const img = document.querySelector('#txt2img-gallery img');"
+                           " return img && img.src && !img.src.endsWith(before); }", arg=before, timeout=180_000)
+    second = _gallery_png(page)
+    a = np.asarray(Image.open(io.BytesIO(first)).convert("RGB"))
+    b = np.asarray(Image.open(io.BytesIO(second)).convert("RGB"))
+    assert np.array_equal(a, b), np.abs(a.astype(int) - b.astype(int)).max()
+    verdict = judge(Image.open(io.BytesIO(second)))
+    assert (verdict.colour, verdict.background) == ("green", "yellow"), verdict

@@ -43,7 +43,7 @@ def test_shipped_weights_are_small_safetensors_that_record_their_training():
     assert record["trainer"] == "webui.demo_model.train" and "seed" in record and record["config"]["unet_steps"] > 0
     with safe_open(str(DEMO_MODEL_DIR / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as handle:
         assert json.loads(handle.metadata()["easel_demo_training"])["seed"] == record["seed"]
-    pipe = StableDiffusionPipeline.from_pretrained(DEMO_MODEL_DIR, torch_dtype=torch.float32, local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(DEMO_MODEL_DIR, dtype=torch.float32, local_files_only=True)
     assert pipe.vae_scale_factor == 8 and pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
     assert len(pipe.tokenizer("a small red circle on an orange background").input_ids) == 10  # a token a word
 
@@ -122,7 +122,7 @@ def test_prompt_adherence_and_vae_fidelity_hold(none_context):
     assert scores["colours"] >= MIN_COLOURS, scores
     assert scores["shape"] >= MIN_SHAPE, scores
     assert scores["size"] >= MIN_SIZE, scores
-    vae = AutoencoderKL.from_pretrained(DEMO_MODEL_DIR / "vae", torch_dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(DEMO_MODEL_DIR / "vae", dtype=torch.float32)
     assert vae_psnr(vae) >= MIN_VAE_PSNR
 
 

@@ -28,7 +28,7 @@ def test_quick_run_saves_a_pipeline_that_draws_and_can_be_measured(tmp_path):
     assert record["seed"] == 0 and record["config"]["unet_steps"] == 4
     with safe_open(str(out / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as handle:
         assert json.loads(handle.metadata()["easel_demo_training"])["config"]["unet_steps"] == 4
-    pipe = StableDiffusionPipeline.from_pretrained(out, torch_dtype=torch.float32, local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(out, dtype=torch.float32, local_files_only=True)
     assert pipe.vae_scale_factor == 8
     assert len(pipe.tokenizer("a small red circle on an orange background").input_ids) == 10  # one token a word
     image = pipe("a small red circle on a blue background", num_inference_steps=2, guidance_scale=5,

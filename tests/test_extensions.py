@@ -81,6 +81,25 @@ def test_disabled_extension_is_not_loaded(make_context, tmp_path):
     assert {i.name: i.status for i in context.extensions()}["noisy"] == "disabled"
 
 
+def test_extensions_page_status_is_plain_text(make_context, tmp_path):
+    """The Status column holds words only: an emoji shows as an empty box in a browser without an emoji font."""
+    import string
+
+    from webui.api import UIContext
+
+    drop_ins = tmp_path / "more"
+    write_extension(drop_ins, "import_fails", "import no_such_module_anywhere\n")
+    write_extension(drop_ins, "noisy", "raise SystemError('should never run')\n")
+    context = make_context(extra_extension_dirs=[drop_ins], disabled_extensions={"noisy"})
+    page = next(plugin for plugin in context.plugins.pm.get_plugins()
+                if getattr(plugin, "__name__", "").endswith("extensions_page"))
+    rows = page.extension_rows(UIContext(context=context, blocks=None))
+    statuses = {row[0]: row[2] for row in rows}
+    assert statuses["txt2img"] == "loaded" and statuses["import_fails"] == "failed" and statuses["noisy"] == "disabled"
+    safe = set(string.ascii_letters + string.digits + " -_().,:")
+    assert all(set(status) <= safe for status in statuses.values()), statuses
+
+
 def test_hooks_receive_typed_objects_and_change_the_pipeline(make_context):
     calls = SimpleNamespace(configured=[], before=[], after=[], kwargs=[])
 

@@ -290,4 +290,21 @@ def test_settings_tab_says_why_options_are_unavailable(context):
 
     blocks = create_blocks(context)
     text = _json.dumps(blocks.config, default=str)
-    assert "xformers needs CUDA" in text and "offload needs a GPU" in text and "bitsandbytes needs CUDA" in text
+    # each reason once per setting, even where several values share it (offload: five modes, bnb: two)
+    for reason in ("xformers needs CUDA", "offload needs a GPU", "bitsandbytes needs CUDA"):
+        assert text.count(reason) == 1, (reason, text.count(reason))
+    offload = next(c["props"]["info"] for c in blocks.config["components"] if c["props"].get("label") == "CPU offload")
+    assert offload.count("Unavailable here") == 1
+    assert "model, sequential, group-block, group-leaf, auto — offload needs a GPU" in offload, offload
+
+
+def test_unavailable_note_names_each_reason_once():
+    from webui.ui.shell import unavailable_note
+
+    reasons = {"offload.mode=model": "needs a GPU", "offload.mode=auto": "needs a GPU",
+               "offload.mode=group-leaf": "needs diffusers 0.33", "offload.modes": "another setting",
+               "speed.compile": "needs a C compiler"}
+    assert unavailable_note("offload.mode", reasons) == ("Unavailable here: model, auto — needs a GPU; "
+                                                         "group-leaf — needs diffusers 0.33.")
+    assert unavailable_note("speed.compile", reasons) == "Unavailable here: needs a C compiler."
+    assert unavailable_note("vae.tiling", reasons) == ""

@@ -40,6 +40,14 @@ task through the device's queue and ``EaselContext.submit`` queues one and retur
 family table (``family_spec(name)``, :class:`Family`, ``LoadedModel.spec``) answers every
 family question; ``flatten``, ``resize_image`` and ``mask_from_image`` are the image helpers
 the img2img tasks use.
+
+Also in 1.3: sending values from one tab to another (the PNG Info tab's "Send to txt2img",
+and the "Send to img2img / inpaint / Background" buttons under the galleries:
+:meth:`UIContext.send_image_button`):
+a tab offers components others may fill with :meth:`UIContext.share_fields`; another tab wires
+a button with :meth:`UIContext.send_to`; :func:`resolve_sampler` splits A1111's legacy sampler
+names (``"DPM++ 2M Karras"``) into sampler and schedule type; :func:`read_image_text` reads every
+text an image carries (PNG text chunks, EXIF UserComment).
 """
 
 from __future__ import annotations
@@ -81,10 +89,17 @@ from webui.jobs import (
     png_to_image,
     resolve_seed,
 )
-from webui.outputs import read_infotext, save_image
+from webui.outputs import read_image_text, read_infotext, save_image
 from webui.pipelines.families import FAMILIES, FAMILY_LABELS, Family, family_spec
 from webui.pipelines.manager import LoadedModel
-from webui.pipelines.schedulers import SAMPLERS, SCHEDULE_TYPES, make_scheduler, samplers_for, schedule_types_for
+from webui.pipelines.schedulers import (
+    SAMPLERS,
+    SCHEDULE_TYPES,
+    make_scheduler,
+    resolve_sampler,
+    samplers_for,
+    schedule_types_for,
+)
 from webui.pipelines.sources import ModelSource
 from webui.plugins import API_VERSION
 from webui.queue import QueueFullError, follow_job
@@ -166,8 +181,6 @@ class UIContext:
     context: EaselContext
     blocks: Any = field(default=None, repr=False)
     """The ``gr.Blocks`` being built (set by the shell); use :meth:`on_page_load` rather than this."""
-    _receivers: dict[str, tuple[Any, str]] = field(default_factory=dict, repr=False)
-    _sends: list[tuple[Any, Any, Any, str]] = field(default_factory=list, repr=False)
 
     def on_page_load(self, fn: Callable[..., Any], *, inputs: Any = None, outputs: Any = None,
                      **event_options: Any) -> Any:
@@ -206,25 +219,72 @@ class UIContext:
                 self.context.plugins.report_failure(control.key, "render", exc)
         return rendered
 
-    def image_receiver(self, name: str, component: Any, tab_id: str) -> None:
-        """Declare that ``component`` (an Image or ImageEditor in tab ``tab_id``) takes images sent as ``name``. API 1.3.
+    _shared: dict[str, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
+    _sends: list[tuple[Any, str, Callable[..., Any], list[Any]]] = field(default_factory=list, init=False,
+                                                                        repr=False)
+    tabs: Any = field(default=None, repr=False)
+    """The shell's ``gr.Tabs`` (set by the shell); :meth:`send_to` selects the target tab through it."""
 
-        Built-in names: ``img2img``, ``inpaint``, ``background``, ``png-info``. A later
-        registration of the same name replaces the earlier one.
+    def share_fields(self, tab_id: str, fields: dict[str, Any]) -> None:
+        """Offer components of tab ``tab_id`` that other tabs may fill with :meth:`send_to`. API 1.3.
+
+        ``fields`` maps a field name to a component. txt2img shares ``prompt``,
+        ``negative_prompt``, ``model``, ``sampler``, ``schedule_type``, ``steps``, ``cfg_scale``,
+        ``seed``, ``width`` and ``height``. Calling it again adds to (or replaces) fields.
         """
-        self._receivers[name] = (component, tab_id)
+        self._shared.setdefault(tab_id, {}).update(fields)
 
-    def send_button(self, target: str, source: Any, label: str, **button_options: Any) -> Any:
-        """A button that sends the image shown in ``source`` (a Gallery's selected image, or an Image) to
-        the receiver called ``target`` and switches to its tab. API 1.3.
+    def shared_fields(self, tab_id: str) -> dict[str, Any]:
+        """The components tab ``tab_id`` shared so far (empty when none)."""
+        return dict(self._shared.get(tab_id, {}))
 
-        The button is wired when the whole UI is built; where no tab receives ``target`` it is
-        hidden. Returns the button.
+    def send_to(self, tab_id: str, button: Any, fn: Callable[..., dict[str, Any]], inputs: Any = None) -> None:
+        """Make ``button`` send values to tab ``tab_id`` and switch to it. API 1.3.
+
+        ``fn(*inputs)`` returns ``{field: value}``; each value goes into the component the
+        target shared under that name (:meth:`share_fields`); fields it did not share, and
+        shared fields left out of the dict, are left as they are. ``None`` sends nothing and
+        stays on the tab. The wiring is done once
+        every tab is rendered, so the target may come before or after the sending tab. When
+        the target shares nothing (its extension is disabled or failed) the button is hidden.
+        """
+        inputs = [] if inputs is None else list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        self._sends.append((button, tab_id, fn, inputs))
+
+    def finish_rendering(self) -> None:
+        """Wire the :meth:`send_to` buttons (the shell calls this after every tab rendered)."""
+        import gradio as gr
+
+        for button, tab_id, fn, inputs in self._sends:
+            targets = self.shared_fields(tab_id)
+            if not targets:
+                button.visible = False
+                continue
+            names = list(targets)
+
+            def send(*values: Any, fn=fn, names=names, tab_id=tab_id) -> list[Any]:
+                chosen = fn(*values)
+                if chosen is None:  # nothing to send: stay here
+                    return [gr.skip()] * (len(names) + (self.tabs is not None))
+                updates = [gr.update(value=chosen[name]) if name in chosen else gr.skip() for name in names]
+                return updates + ([gr.Tabs(selected=tab_id)] if self.tabs is not None else [])
+
+            outputs = [targets[name] for name in names] + ([self.tabs] if self.tabs is not None else [])
+            button.click(send, inputs=inputs, outputs=outputs, api_name=False, queue=False)
+        self._sends.clear()
+
+    def send_image_button(self, tab_id: str, field_name: str, source: Any, label: str, **button_options: Any) -> Any:
+        """A "Send to ..." button: the image shown in ``source`` (a Gallery's selected image, else its
+        first; or an Image) goes into the component tab ``tab_id`` shared as ``field_name``, and that
+        tab opens. API 1.3. Built on :meth:`send_to`; returns the button.
+
+        Shared image fields of the built-in tabs: ``img2img``: ``init_image`` and
+        ``inpaint_image``; ``background``: ``image``.
         """
         import gradio as gr
 
         button = gr.Button(label, size="sm", **button_options)
-        selected = None
+        inputs = [source]
         if isinstance(source, gr.Gallery):
             selected = gr.State(0)
 
@@ -233,27 +293,16 @@ class UIContext:
 
             remember_selection.__annotations__ = {"event": gr.SelectData}  # Gradio passes the event by its type
             source.select(remember_selection, inputs=None, outputs=selected, api_name=False, queue=False)
-        self._sends.append((button, source, selected, target))
+            inputs.append(selected)
+
+        def pick(value: Any, index: Any = 0) -> dict[str, Any]:
+            image = picked_image(value, index)
+            if image is None:
+                raise gr.Error("There is no image to send yet", print_exception=False)
+            return {field_name: image}
+
+        self.send_to(tab_id, button, pick, inputs)
         return button
-
-    def wire_sends(self, tabs: Any) -> None:
-        """Wire every :meth:`send_button` to its receiver (the shell calls this once every tab is built)."""
-        import gradio as gr
-
-        for button, source, selected, target in self._sends:
-            if target not in self._receivers:
-                button.visible = False
-                continue
-            receiver, tab_id = self._receivers[target]
-
-            def send(value: Any, index: Any = 0, tab_id: str = tab_id):
-                image = picked_image(value, index)
-                if image is None:
-                    raise gr.Error("There is no image to send yet", print_exception=False)
-                return image, gr.Tabs(selected=tab_id)
-
-            inputs = [source] + ([selected] if selected is not None else [])
-            button.click(send, inputs=inputs, outputs=[receiver, tabs], api_name=False, queue=False)
 
     def last_used(self, scope: str) -> dict[str, Any]:
         """The values this tab saved with :meth:`remember` (empty on first start)."""
@@ -320,7 +369,9 @@ __all__ = [
     "make_scheduler",
     "parse_infotext",
     "prompt_arguments",
+    "read_image_text",
     "read_infotext",
+    "resolve_sampler",
     "read_training_events",
     "training_log_tail",
     "resolve_seed",

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-__all__ = ["save_image", "read_infotext", "INFOTEXT_KEY"]
+__all__ = ["save_image", "read_infotext", "read_image_text", "INFOTEXT_KEY", "EXIF_USER_COMMENT_KEY"]
 
 INFOTEXT_KEY = "parameters"
+EXIF_USER_COMMENT_KEY = "EXIF UserComment"
 
 _TASK_RE = re.compile(r"[A-Za-z0-9_-]+")
 # Names Windows refuses as folder names.
@@ -230,3 +231,24 @@ def read_infotext(path_or_image: str | os.PathLike | Image.Image) -> str | None:
         return _read_from_image(path_or_image)
     with Image.open(path_or_image) as image:
         return _read_from_image(image)
+
+
+def read_image_text(image: Image.Image) -> dict[str, str]:
+    """Every text an opened image carries, by name: PNG text chunks (tEXt, zTXt, iTXt, also
+    those after the image data), other string entries of ``image.info`` (a JPEG or GIF
+    ``comment``, ...) and the EXIF UserComment (``"EXIF UserComment"``, where A1111 stores the
+    infotext of JPEG and WebP files). Binary entries (ICC profiles, raw EXIF) are left out."""
+    texts: dict[str, str] = {}
+    chunks = getattr(image, "text", None)  # PNG: loads the chunks after the image data too
+    for source in (chunks if isinstance(chunks, dict) else {}, image.info):
+        for key, value in source.items():
+            if key in texts or key in ("exif", "icc_profile", "xmp"):
+                continue
+            if isinstance(value, str):
+                texts[str(key)] = value
+            elif isinstance(value, bytes) and key in ("comment", INFOTEXT_KEY):
+                texts[str(key)] = value.decode("utf-8", errors="replace")
+    comment = _from_exif(image)
+    if comment and comment != texts.get(INFOTEXT_KEY):
+        texts[EXIF_USER_COMMENT_KEY] = comment
+    return texts

@@ -33,8 +33,8 @@ from webui.errors import ExtensionError
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "easel.extensions"
-BUILTIN_EXTENSIONS = ("txt2img", "extensions_page", "background", "lora", "train", "presets", "attention", "vae",
-                      "offload", "quantization", "speed")
+BUILTIN_EXTENSIONS = ("txt2img", "img2img", "extensions_page", "background", "lora", "train", "png_info", "presets",
+                      "attention", "vae", "offload", "quantization", "speed")
 API_VERSION = "1.3"
 
 

@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from .masks import grow
+
+
+def _ndimage():
+    """scipy.ndimage, imported on first use (it takes about a second; the UI is served before)."""
+    from scipy import ndimage
+
+    return ndimage
+
 
 __all__ = ["composite_subject", "blend_alpha"]
 
@@ -25,7 +32,7 @@ def blend_alpha(mask: np.ndarray, erode: int = 2, feather: int = 4) -> tuple[np.
         return np.zeros(core.shape, dtype=np.float32), core
     if feather <= 0:
         return core.astype(np.float32), core
-    distance = ndimage.distance_transform_edt(~core)
+    distance = _ndimage().distance_transform_edt(~core)
     alpha = np.clip(1.0 - distance / float(feather + 1), 0.0, 1.0).astype(np.float32)
     alpha[core] = 1.0
     return alpha, core
@@ -66,7 +73,7 @@ def composite_subject(original: Image.Image, generated: Image.Image, mask: np.nd
     if ring.any():
         front = source[ring].astype(np.float32)
         if decontaminate > 0 and core.any():
-            _, (near_rows, near_cols) = ndimage.distance_transform_edt(~core, return_indices=True)
+            _, (near_rows, near_cols) = _ndimage().distance_transform_edt(~core, return_indices=True)
             nearest = source[near_rows[ring], near_cols[ring]].astype(np.float32)
             pull = (float(np.clip(decontaminate, 0, 1)) * (1.0 - alpha[ring]))[:, None]
             front = front * (1 - pull) + nearest * pull

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps
-from scipy import ndimage
+
+
+def _ndimage():
+    """scipy.ndimage, imported on first use (it takes about a second; the UI is served before)."""
+    from scipy import ndimage
+
+    return ndimage
+
 
 __all__ = [
     "PreparedImage", "prepare_image", "to_model_size", "grow", "feather", "invert", "keep_largest",
@@ -38,10 +45,10 @@ def grow(mask: np.ndarray, pixels: int) -> np.ndarray:
     radius = abs(pixels)
     # Distance transforms are exact Euclidean and cost the same for any radius.
     if pixels > 0:
-        distance = ndimage.distance_transform_edt(~mask)
+        distance = _ndimage().distance_transform_edt(~mask)
         return distance <= radius
     padded = np.pad(mask, 1, constant_values=False)
-    distance = ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
+    distance = _ndimage().distance_transform_edt(padded)[1:-1, 1:-1]
     return distance > radius
 
 
@@ -53,7 +60,7 @@ def feather(mask: np.ndarray, radius: float) -> np.ndarray:
     alpha = np.asarray(mask, dtype=np.float32)
     if radius <= 0:
         return alpha.copy()
-    return np.clip(ndimage.gaussian_filter(alpha, sigma=float(radius) / 2.0, mode="nearest"), 0.0, 1.0)
+    return np.clip(_ndimage().gaussian_filter(alpha, sigma=float(radius) / 2.0, mode="nearest"), 0.0, 1.0)
 
 
 def invert(mask: np.ndarray) -> np.ndarray:
@@ -64,7 +71,7 @@ def invert(mask: np.ndarray) -> np.ndarray:
 def keep_largest(mask: np.ndarray) -> np.ndarray:
     """Only the largest 8-connected region of the mask (empty stays empty)."""
     mask = np.asarray(mask, dtype=bool)
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    labels, count = _ndimage().label(mask, structure=np.ones((3, 3), dtype=bool))
     if count <= 1:
         return mask.copy()
     sizes = np.bincount(labels.ravel())
@@ -74,7 +81,7 @@ def keep_largest(mask: np.ndarray) -> np.ndarray:
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill enclosed holes of the subject."""
-    return ndimage.binary_fill_holes(np.asarray(mask, dtype=bool))
+    return _ndimage().binary_fill_holes(np.asarray(mask, dtype=bool))
 
 
 def boxes_to_mask(boxes: list[tuple[float, float, float, float]], size: tuple[int, int]) -> np.ndarray:

@@ -127,9 +127,11 @@ def render_background_tab(ui: UIContext) -> None:
             info = gr.Textbox(label="Generation parameters", lines=3, interactive=False, elem_id="background-info")
             mask_file = gr.File(label="Mask (download)", interactive=False, elem_id="background-mask-file")
             with gr.Row():
-                ui.send_button("img2img", result_gallery, "Send to img2img", elem_id="background-send-img2img")
-                ui.send_button("inpaint", result_gallery, "Send to inpaint", elem_id="background-send-inpaint")
-    ui.image_receiver("background", upload, "background")
+                ui.send_image_button("img2img", "init_image", result_gallery, "Send to img2img",
+                                     elem_id="background-send-img2img")
+                ui.send_image_button("img2img", "inpaint_image", result_gallery, "Send to inpaint",
+                                     elem_id="background-send-inpaint")
+    ui.share_fields("background", {"image": upload})
     with gr.Accordion("1 · Detect the subject", open=True):
         with gr.Row():
             detector = gr.Dropdown(choices=[(c.label, c.name) for c in detectors], label="Detector",

@@ -6,8 +6,6 @@ from webui.api import Tab, UIContext, hookimpl
 
 EASEL_API_VERSION = "1.0"
 
-STATUS_MARKS = {"loaded": "✅ loaded", "failed": "❌ failed", "disabled": "⏸ disabled"}
-
 
 def extension_rows(ui: UIContext) -> list[list[str]]:
     """One row per extension: name, origin, status, description, requirements, error."""
@@ -16,7 +14,7 @@ def extension_rows(ui: UIContext) -> list[list[str]]:
         rows.append([
             info.name,
             info.origin,
-            STATUS_MARKS.get(info.status, info.status),
+            info.status,  # plain words (loaded, failed, disabled): an emoji is a box without an emoji font
             info.description,
             ", ".join(info.requirements),
             info.error,

@@ -115,12 +115,16 @@ def render_img2img_tab(ui: UIContext) -> None:
         with gr.Column():
             outputs = form.render_outputs(SCOPE)
             with gr.Row():
-                ui.send_button("img2img", outputs.gallery, "Send to img2img", elem_id="img2img-send-img2img")
-                ui.send_button("inpaint", outputs.gallery, "Send to inpaint", elem_id="img2img-send-inpaint")
-                ui.send_button("background", outputs.gallery, "Send to Background",
-                               elem_id="img2img-send-background")
-    ui.image_receiver("img2img", image, "img2img")
-    ui.image_receiver("inpaint", editor, "img2img")
+                ui.send_image_button("img2img", "init_image", outputs.gallery, "Send to img2img",
+                                     elem_id="img2img-send-img2img")
+                ui.send_image_button("img2img", "inpaint_image", outputs.gallery, "Send to inpaint",
+                                     elem_id="img2img-send-inpaint")
+                ui.send_image_button("background", "image", outputs.gallery, "Send to Background",
+                                     elem_id="img2img-send-background")
+    ui.share_fields(SCOPE, {"init_image": image, "inpaint_image": editor, "prompt": prompt, "negative_prompt": negative,
+                            "model": picker.model, "sampler": sampling.sampler, "schedule_type": sampling.schedule,
+                            "steps": sampling.steps, "cfg_scale": sampling.cfg, "seed": sampling.seed, "width": width,
+                            "height": height, "denoising_strength": strength})
 
     img2img_mode.select(lambda: "img2img", outputs=mode, api_name=False, queue=False)
     inpaint_mode.select(lambda: "inpaint", outputs=mode, api_name=False, queue=False)

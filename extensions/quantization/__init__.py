@@ -102,7 +102,7 @@ def _bitsandbytes(model, names, method):
         current = getattr(pipe, name)
         is_diffusers = type(current).__module__.startswith("diffusers")
         component_config = config._resolve_quant_config(is_diffusers=is_diffusers, module_name=name)
-        reloaded = type(current).from_pretrained(source.location, subfolder=name, torch_dtype=model.dtype,
+        reloaded = type(current).from_pretrained(source.location, subfolder=name, dtype=model.dtype,
                                                  quantization_config=component_config)
         setattr(pipe, name, None)
         pipe.register_modules(**{name: reloaded})

@@ -49,10 +49,12 @@ def render_txt2img_tab(ui: UIContext) -> None:
         with gr.Column():
             outputs = form.render_outputs(SCOPE)
             with gr.Row():
-                ui.send_button("img2img", outputs.gallery, "Send to img2img", elem_id="txt2img-send-img2img")
-                ui.send_button("inpaint", outputs.gallery, "Send to inpaint", elem_id="txt2img-send-inpaint")
-                ui.send_button("background", outputs.gallery, "Send to Background",
-                               elem_id="txt2img-send-background")
+                ui.send_image_button("img2img", "init_image", outputs.gallery, "Send to img2img",
+                                     elem_id="txt2img-send-img2img")
+                ui.send_image_button("img2img", "inpaint_image", outputs.gallery, "Send to inpaint",
+                                     elem_id="txt2img-send-inpaint")
+                ui.send_image_button("background", "image", outputs.gallery, "Send to Background",
+                                     elem_id="txt2img-send-background")
 
     def run(holder: dict, model: str, prompt: str, negative_prompt: str, sampler: str, schedule_type: str,
             steps: float, width: float, height: float, cfg_scale: float, seed: float, batch_count: float,
@@ -72,6 +74,9 @@ def render_txt2img_tab(ui: UIContext) -> None:
         ui.remember(SCOPE, {key: getattr(request, key) for key in REMEMBERED})
         yield from form.job_updates(ui, request, holder, bool(context.settings.get("txt2img.preview", True)))
 
+    ui.share_fields(SCOPE, {"prompt": prompt, "negative_prompt": negative, "model": picker.model,
+                            "sampler": sampling.sampler, "schedule_type": sampling.schedule, "steps": sampling.steps,
+                            "cfg_scale": sampling.cfg, "seed": sampling.seed, "width": width, "height": height})
     inputs = [job_holder, picker.model, prompt, negative, sampling.sampler, sampling.schedule, sampling.steps, width,
               height, sampling.cfg, sampling.seed, batch_count, batch_size, use_refiner, refiner_model,
               switch_at] + [component for _, component in extension_controls]

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{profile}] colours (shape and background) match: {scores['colours']:.3f}  "
               f"shape matches: {scores['shape']:.3f}  size matches: {scores['size']:.3f}{change}")
     if args.model == DEMO_MODEL_NAME:
-        vae = AutoencoderKL.from_pretrained(DEMO_MODEL_DIR / "vae", torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(DEMO_MODEL_DIR / "vae", dtype=torch.float32)
         print(f"VAE reconstruction PSNR on held-out images: {vae_psnr(vae):.2f} dB")
         print(f"shipped size: {folder_size_mb(DEMO_MODEL_DIR):.1f} MB")
     return 0

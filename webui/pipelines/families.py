@@ -13,6 +13,17 @@ from pathlib import Path
 
 from webui.errors import EaselError
 
+#: The built-in tiny models (random weights, built from configs by :mod:`webui.pipelines.tiny`)
+#: and their families. Here, not in ``tiny``, so listing models imports no diffusers model code.
+TINY_MODELS: dict[str, str] = {
+    "tiny": "sd1",
+    "tiny-sd2": "sd2",
+    "tiny-sdxl": "sdxl",
+    "tiny-sdxl-refiner": "sdxl-refiner",
+    "tiny-sd3": "sd3",
+}
+
+
 class UnsupportedModelError(EaselError, ValueError):
     """A model that is not one of the supported families; the message says what it is."""
 

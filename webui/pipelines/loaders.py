@@ -20,7 +20,6 @@ from webui.pipelines.families import (
     is_inpainting_checkpoint,
 )
 from webui.pipelines.sources import ModelSource, hub_offline, sidecar_config
-from webui.pipelines.tiny import build_tiny_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +86,13 @@ def load_pipeline(source: ModelSource, family: str, dtype: torch.dtype):
 
     cls = getattr(diffusers, family_spec(family).load_class_name)
     if source.kind == "builtin":
+        from webui.pipelines.tiny import build_tiny_pipeline
+
         return build_tiny_pipeline(source.location, torch_dtype=dtype)
     extra = _sd_extra_kwargs(family)
     if source.kind == "folder":
         try:
-            return cls.from_pretrained(source.location, torch_dtype=dtype, local_files_only=True, **extra)
+            return cls.from_pretrained(source.location, dtype=dtype, local_files_only=True, **extra)
         except Exception as exc:
             raise ModelLoadError(f"Could not load the diffusers folder {source.name}: {exc}") from exc
     if source.kind == "file":
@@ -100,7 +101,7 @@ def load_pipeline(source: ModelSource, family: str, dtype: torch.dtype):
             # pipeline (txt2img refuses such a model after loading, with a message).
             cls = inpaint_checkpoint_class(family)
         config = sidecar_config(source)
-        kwargs = dict(torch_dtype=dtype, **extra)
+        kwargs = dict(dtype=dtype, **extra)
         if config is not None:
             kwargs["config"] = str(config)
             kwargs["local_files_only"] = True
@@ -117,7 +118,7 @@ def load_pipeline(source: ModelSource, family: str, dtype: torch.dtype):
             raise ModelLoadError(f"Could not load {source.name}: {exc}.{hint}") from exc
     if source.kind == "hub":
         try:
-            return cls.from_pretrained(source.location, torch_dtype=dtype, **extra)
+            return cls.from_pretrained(source.location, dtype=dtype, **extra)
         except Exception as exc:
             raise _hub_error(source, exc) from exc
     raise ModelLoadError(f"unknown model source kind {source.kind!r}")

@@ -56,9 +56,10 @@ import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from webui.pipelines.families import FAMILIES, FAMILY_TABLE
 
@@ -376,6 +377,8 @@ def _is_flow_config(config: Mapping[str, Any]) -> bool:
 
 
 def _base_config(base_config: Mapping[str, Any]) -> dict[str, Any]:
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
     if isinstance(base_config, SchedulerMixin):
         base_config = base_config.config
     if not isinstance(base_config, Mapping):

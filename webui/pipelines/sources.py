@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from webui.errors import EaselError
-from webui.pipelines.families import FAMILIES
-from webui.pipelines.tiny import TINY_MODELS
+from webui.pipelines.families import FAMILIES, TINY_MODELS
 
 REPO_MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"
 DEMO_MODEL_NAME = "easel-shapes"

@@ -63,14 +63,8 @@ from transformers import (
 
 __all__ = ["TINY_MODELS", "build_tiny_pipeline", "save_tiny_pipeline"]
 
-#: Name of each built-in tiny model -> model family.
-TINY_MODELS: dict[str, str] = {
-    "tiny": "sd1",
-    "tiny-sd2": "sd2",
-    "tiny-sdxl": "sdxl",
-    "tiny-sdxl-refiner": "sdxl-refiner",
-    "tiny-sd3": "sd3",
-}
+#: Name of each built-in tiny model -> model family (kept in families, which imports no diffusers).
+from webui.pipelines.families import TINY_MODELS  # noqa: E402
 
 ASSETS_DIR = pathlib.Path(__file__).with_name("tiny_assets")
 CLIP_TOKENIZER_DIR = ASSETS_DIR / "clip_tokenizer"

@@ -12,11 +12,12 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 MODES = ("lora", "full")
 QUANTIZE_BASE = ("none", "nf4")
+DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -87,43 +88,68 @@ class TrainConfig:
     validation_every: int = 0           # 0: only at the end (when prompts are given)
     validation_steps: int = 20
     validation_seed: int = 1234
-    eval_examples: int = 4              # the fixed evaluation set: first N examples, fixed noise and timesteps
+    eval_examples: int = 4              # the fixed evaluation set: first N examples, fixed noise and timesteps; 0: off
     save_diffusers_format: bool = False
-    device: str = "auto"
+    device: str = "auto"                # auto: CUDA when there is one; cpu: the CPU even with a GPU
 
     def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first option that cannot work (wrong type, out of
+        range, or a combination the trainer refuses)."""
+        self._check_types()
         if not self.dataset_dir:
-            raise ConfigError("No dataset folder given")
+            raise ConfigError("dataset_dir: no dataset folder given")
         if not self.output_name or any(ch in self.output_name for ch in "/\\:") or self.output_name.startswith("."):
-            raise ConfigError(f"Output name {self.output_name!r} must be a plain file name")
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}")
+            raise ConfigError(f"output_name {self.output_name!r} must be a plain file name")
+        for name, allowed in (("mode", MODES), ("quantize_base", QUANTIZE_BASE), ("mixed_precision", MIXED_PRECISION),
+                              ("lr_scheduler", LR_SCHEDULERS), ("device", DEVICES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
         if self.mode == "full" and self.train_text_encoder:
-            raise ConfigError("full fine-tuning trains the UNet / transformer only; turn text-encoder training off")
-        if self.quantize_base not in QUANTIZE_BASE:
-            raise ConfigError(f"quantize_base must be one of {QUANTIZE_BASE}")
+            raise ConfigError("full fine-tuning trains the UNet / transformer only; turn text-encoder training off "
+                              "(train_text_encoder)")
         if self.quantize_base != "none" and self.mode != "lora":
             raise ConfigError("a quantized (NF4) base trains LoRA adapters only (QLoRA); use mode 'lora'")
         if self.use_ema and self.mode != "full":
-            raise ConfigError("EMA is for full fine-tuning (mode 'full')")
+            raise ConfigError("EMA (use_ema) is for full fine-tuning (mode 'full')")
         if not 0.0 < self.ema_decay < 1.0:
-            raise ConfigError("ema_decay must be between 0 and 1")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISION}")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise ConfigError(f"lr_scheduler must be one of {LR_SCHEDULERS}")
-        if self.rank < 1:
-            raise ConfigError("rank must be at least 1")
+            raise ConfigError(f"ema_decay must be between 0 and 1 (got {self.ema_decay})")
         if self.resolution < 64 or self.resolution % 8:
-            raise ConfigError("resolution must be a multiple of 8, at least 64")
-        if self.max_steps <= 0 and self.epochs <= 0:
-            raise ConfigError("give max_steps or epochs")
-        if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise ConfigError("batch size and gradient accumulation must be at least 1")
+            raise ConfigError(f"resolution must be a multiple of 8, at least 64 (got {self.resolution})")
+        for name in ("rank", "batch_size", "gradient_accumulation_steps", "keep_checkpoints", "validation_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("max_steps", "epochs", "lr_warmup_steps", "checkpoint_every", "stop_after_steps",
+                     "validation_every", "eval_examples", "num_class_images", "class_steps", "adam_weight_decay",
+                     "max_grad_norm", "min_snr_gamma", "noise_offset", "prior_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative (got {getattr(self, name)})")
+        for name in ("learning_rate", "alpha"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be greater than 0 (got {getattr(self, name)})")
+        if self.text_encoder_lr is not None and not self.text_encoder_lr > 0:
+            raise ConfigError(f"text_encoder_lr must be greater than 0, or null for the learning_rate "
+                              f"(got {self.text_encoder_lr})")
+        if self.max_steps == 0 and self.epochs == 0:
+            raise ConfigError("give max_steps or epochs (both are 0)")
+        if self.mode == "lora" and not self.target_modules:
+            raise ConfigError("target_modules is empty: name the layers the LoRA adapts (e.g. to_q, to_k, to_v)")
         if self.prior_preservation and not self.class_prompt:
-            raise ConfigError("prior preservation needs a class prompt (e.g. 'a photo of a dog')")
+            raise ConfigError("prior preservation needs a class prompt (class_prompt, e.g. 'a photo of a dog')")
+        if self.prior_preservation and (self.num_class_images < 1 or self.class_steps < 1):
+            raise ConfigError("prior preservation needs num_class_images and class_steps of at least 1")
         if not self.use_captions and not self.instance_prompt:
-            raise ConfigError("without captions an instance prompt is needed")
+            raise ConfigError("without captions (use_captions off) an instance_prompt is needed")
+
+    def _check_types(self) -> None:
+        """Each option has the JSON type of its default: ``"rank": "16"`` or ``"max_steps": 1.5`` is an
+        error naming the option (not a TypeError deep in the trainer)."""
+        hints = get_type_hints(TrainConfig)
+        for option in fields(self):
+            value, expected = getattr(self, option.name), hints[option.name]
+            if not _has_type(value, expected):
+                wanted = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+                          list[str]: "a list of strings", float | None: "a number or null"}.get(expected, str(expected))
+                raise ConfigError(f"{option.name} must be {wanted} (got {value!r})")
 
     @property
     def lora_dir(self) -> Path:
@@ -142,6 +168,23 @@ class TrainConfig:
         if self.run_dir:
             return Path(self.run_dir)
         return Path(self.models_dir).resolve().parent / "training" / self.output_name
+
+
+def _has_type(value: Any, expected: Any) -> bool:
+    """Whether ``value`` (as JSON gives it) fits the annotation ``expected`` of a TrainConfig field."""
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is str:
+        return isinstance(value, str)
+    if expected == list[str]:
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if expected == float | None:
+        return value is None or _has_type(value, float)
+    return True
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:

@@ -69,7 +69,7 @@ class TrainResult:
     total_steps: int
     output: str | None = None
     checkpoint: str | None = None
-    eval_loss_start: float | None = None
+    eval_loss_start: float | None = None  # None: evaluation off (eval_examples 0)
     eval_loss_end: float | None = None
     losses: list[float] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -126,7 +126,7 @@ def quantized_denoiser(pipe, source, family: str, compute_dtype: torch.dtype):
     current = getattr(pipe, name)
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=compute_dtype)
-    kwargs = dict(torch_dtype=compute_dtype, quantization_config=quantization)
+    kwargs = dict(dtype=compute_dtype, quantization_config=quantization)
     if source.kind in ("folder", "hub"):
         return type(current).from_pretrained(source.location, subfolder=name, **kwargs)
     with tempfile.TemporaryDirectory(prefix="easel-qlora-") as tmp:
@@ -186,6 +186,8 @@ class LoraTrainer:
         config.validate()
         self.config = config
         self.should_stop = should_stop or (lambda: False)
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device is 'cuda' but PyTorch sees no CUDA GPU here; use 'auto' or 'cpu'")
         cpu = config.device == "cpu" or not torch.cuda.is_available()
         if config.quantize_base == "nf4":
             reason = qlora_reason(torch.device("cpu") if cpu else torch.device("cuda"))
@@ -519,9 +521,12 @@ class LoraTrainer:
         return per_example, per_example.mean()
 
     @torch.no_grad()
-    def eval_loss(self) -> float:
-        """Mean loss on the fixed evaluation set: the first examples, fixed noise and timesteps."""
+    def eval_loss(self) -> float | None:
+        """Mean loss on the fixed evaluation set: the first examples, fixed noise and timesteps
+        (None when ``eval_examples`` is 0: no evaluation)."""
         count = min(self.config.eval_examples, len(self.dataset.examples))
+        if count == 0:
+            return None
         examples = [(self.dataset.examples[i], False, None) for i in range(count)]
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
@@ -745,7 +750,8 @@ class LoraTrainer:
         self.log("start", step=step, total_steps=self.total_steps, family=self.family, examples=len(self.dataset),
                  processes=self.accelerator.num_processes, output=str(config.output_file), mode=config.mode)
         result.eval_loss_start = self.eval_loss()
-        self.log("eval", step=step, loss=result.eval_loss_start)
+        if result.eval_loss_start is not None:
+            self.log("eval", step=step, loss=result.eval_loss_start)
         self.model.train()
         for te in self.lora_text_encoders:
             te.train()
@@ -804,7 +810,8 @@ class LoraTrainer:
                 return result
         result.step = step
         result.eval_loss_end = self.eval_loss()
-        self.log("eval", step=step, loss=result.eval_loss_end)
+        if result.eval_loss_end is not None:
+            self.log("eval", step=step, loss=result.eval_loss_end)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             result.output = str(self.save_output(step))

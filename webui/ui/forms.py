@@ -101,7 +101,8 @@ def render_sampling(ui: "UIContext", tab_id: str, last: dict[str, Any], model_na
     steps = gr.Slider(1, 150, value=last.get("steps", 20), step=1, label="Steps", elem_id=f"{tab_id}-steps")
     cfg = gr.Slider(0, 30, value=last.get("cfg_scale", 7.0), step=0.5, label="CFG scale")
     with gr.Row():
-        seed = gr.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", scale=3)
+        seed = gr.Number(value=last.get("seed", -1), precision=0, label="Seed (-1 = random)", scale=3,
+                         elem_id=f"{tab_id}-seed")
         random_seed = gr.Button("Random", scale=0, min_width=70)
         reuse_seed = gr.Button("Reuse", scale=0, min_width=70)
     return Sampling(sampler, schedule, steps, cfg, seed, random_seed, reuse_seed)
@@ -161,20 +162,24 @@ def wire_model_follow(ui: "UIContext", picker: ModelPicker, sampling: Sampling, 
 
     context = ui.context
 
-    def follow_model(name: str, current_sampler: str, previous_side: int | None, current_width: float,
-                     current_height: float):
+    def follow_model(name: str, current_sampler: str):
+        """A new model (picked here or sent from another tab): its note and its family's samplers."""
         family = context.family_of(name) if name else None
         choices = samplers_for(family) if family else all_samplers()
         chosen = current_sampler if current_sampler in choices else (
             "Euler a" if "Euler a" in choices else choices[0])
+        return model_note(ui, name), gr.update(choices=choices, value=chosen)
+
+    def follow_model_size(name: str, previous_side: int | None, current_width: float, current_height: float):
+        """A model picked here: its native size where the size was the old model's (values sent from
+        another tab, e.g. PNG Info, keep their own size)."""
         side = context.native_size_of(name) if name else None
         untouched = previous_side is not None and int(current_width) == int(current_height) == int(previous_side)
 
         def size_update():  # one update object per output: Gradio consumes an update as it applies it
             return gr.update(value=side) if side and untouched else gr.skip()
 
-        return (model_note(ui, name), gr.update(choices=choices, value=chosen), side or previous_side,
-                size_update(), size_update())
+        return side or previous_side, size_update(), size_update()
 
     def follow_sampler(name: str, sampler_name: str, current_schedule: str):
         family = context.family_of(name) or "sd1"
@@ -190,9 +195,10 @@ def wire_model_follow(ui: "UIContext", picker: ModelPicker, sampling: Sampling, 
 
     picker.refresh.click(refresh_models, inputs=picker.model, outputs=[picker.model, *other_model_lists],
                          api_name=False, queue=False)
-    picker.model.change(follow_model, inputs=[picker.model, sampling.sampler, picker.side, width, height],
-                        outputs=[picker.note, sampling.sampler, picker.side, width, height], api_name=False,
-                        queue=False)
+    picker.model.change(follow_model, inputs=[picker.model, sampling.sampler], outputs=[picker.note, sampling.sampler],
+                        api_name=False, queue=False)
+    picker.model.input(follow_model_size, inputs=[picker.model, picker.side, width, height],
+                       outputs=[picker.side, width, height], api_name=False, queue=False)
     sampling.sampler.change(follow_sampler, inputs=[picker.model, sampling.sampler, sampling.schedule],
                             outputs=sampling.schedule, api_name=False, queue=False)
     sampling.random_seed.click(lambda: -1, outputs=sampling.seed, api_name=False, queue=False)

@@ -32,6 +32,25 @@ def collect_tabs(context: EaselContext) -> list[Tab]:
     return sorted(tabs, key=lambda tab: (tab.order, tab.label))
 
 
+def unavailable_note(key: str, reasons: dict[str, str]) -> str:
+    """What of setting ``key`` cannot work on this device, each reason said once.
+
+    ``reasons`` is :func:`webui.memory.option_availability`'s mapping (``"key"`` for the whole
+    setting, ``"key=value"`` for one value). Values sharing a reason are listed together:
+    ``Unavailable here: model, sequential, auto — offload needs a GPU: ....``; "" when all works.
+    """
+    values_by_reason: dict[str, list[str]] = {}
+    for option, reason in reasons.items():
+        if option == key:
+            values_by_reason.setdefault(reason, [])
+        elif option.startswith(key + "="):
+            values_by_reason.setdefault(reason, []).append(option.split("=", 1)[1])
+    if not values_by_reason:
+        return ""
+    parts = [f"{', '.join(values)} — {reason}" if values else reason for reason, values in values_by_reason.items()]
+    return "Unavailable here: " + "; ".join(parts) + "."
+
+
 def _render_settings(context: EaselContext) -> None:
     specs = context.settings.specs
     if not specs:
@@ -44,10 +63,7 @@ def _render_settings(context: EaselContext) -> None:
 
     def info(spec) -> str | None:
         """The setting's help plus, for memory options, what is unavailable on this device and why."""
-        notes = [f"{key.split('=', 1)[1] if '=' in key else 'this option'}: {reason}"
-                 for key, reason in reasons.items() if key == spec.key or key.startswith(spec.key + "=")]
-        text = " ".join(filter(None, [spec.help, ("Unavailable here - " + "; ".join(notes)) if notes else ""]))
-        return text or None
+        return " ".join(filter(None, [spec.help, unavailable_note(spec.key, reasons)])) or None
 
     for section in sorted({spec.section for spec in specs}):
         with gr.Accordion(section, open=True):
@@ -86,6 +102,7 @@ def build_blocks(context: EaselContext) -> gr.Blocks:
         ui = UIContext(context=context, blocks=blocks)
         gr.Markdown(f"# Easel\nStable Diffusion on diffusers · v{__version__}", elem_id="easel-header")
         with gr.Tabs() as tabs:
+            ui.tabs = tabs
             for tab in collect_tabs(context):
                 with gr.Tab(tab.label, id=tab.id):
                     try:
@@ -96,5 +113,5 @@ def build_blocks(context: EaselContext) -> gr.Blocks:
                         gr.Markdown(f"**This tab failed to load:** `{type(exc).__name__}: {exc}`")
             with gr.Tab("Settings", id="settings"):
                 _render_settings(context)
-        ui.wire_sends(tabs)
+        ui.finish_rendering()  # "Send to <tab>" buttons, now that every tab's components exist
     return blocks
