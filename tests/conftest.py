@@ -86,12 +86,14 @@ def train_hold(tmp_path, monkeypatch):
 
     Write a step number to it before a run starts and the run waits after that step until the
     file is deleted or the run is cancelled; trainer processes started during the test see it.
+    The file is deleted when the test ends, so a held run always finishes.
     """
     from webui.training.trainer import HOLD_FILE_ENV
 
     path = tmp_path / "train-hold"
     monkeypatch.setenv(HOLD_FILE_ENV, str(path))
-    return path
+    yield path
+    path.unlink(missing_ok=True)  # a test that failed early must not leave a trainer waiting forever
 
 
 #: ``python -m tools.gpu_check`` names a JSON-lines file here; tests append the figures they measure.
