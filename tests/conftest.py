@@ -78,3 +78,43 @@ def live_server(tmp_path_factory):
                "loaded_at_start": context.pipelines.loaded_names()}
     finally:
         blocks.close()
+
+
+@pytest.fixture
+def train_hold(tmp_path, monkeypatch):
+    """The trainer's hold file (``EASEL_TRAIN_HOLD_FILE``, see webui/training/trainer.py), in ``tmp_path``.
+
+    Write a step number to it before a run starts and the run waits after that step until the
+    file is deleted or the run is cancelled; trainer processes started during the test see it.
+    The file is deleted when the test ends, so a held run always finishes.
+    """
+    from webui.training.trainer import HOLD_FILE_ENV
+
+    path = tmp_path / "train-hold"
+    monkeypatch.setenv(HOLD_FILE_ENV, str(path))
+    yield path
+    path.unlink(missing_ok=True)  # a test that failed early must not leave a trainer waiting forever
+
+
+#: ``python -m tools.gpu_check`` names a JSON-lines file here; tests append the figures they measure.
+FIGURES_ENV = "EASEL_TEST_FIGURES"
+
+
+@pytest.fixture
+def record_figures(request):
+    """``record_figures(name, **figures)``: keep what a test measured (memory, seconds, PSNR, ...).
+
+    Each call appends ``{"test": node id, "name": name, **figures}`` as one JSON line to the file
+    named by ``EASEL_TEST_FIGURES`` (``tools.gpu_check`` sets it and writes the figures into
+    docs/benchmarks.md); the figures also go into the test report's ``user_properties``.
+    """
+    import json
+
+    def record(name: str, **figures) -> None:
+        request.node.user_properties.append((name, figures))
+        path = os.environ.get(FIGURES_ENV)
+        if path:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"test": request.node.nodeid, "name": name, **figures}) + "\n")
+
+    return record

@@ -67,7 +67,6 @@ def test_upload_type_prompts_and_see_the_new_background(live_server, tmp_path):
         info = replace_and_read_info(page)
         assert "a sunny beach" in info and "Steps: 3" in info and "Subject prompt: the square" in info
         page.screenshot(path=str(tmp_path / "background.png"), full_page=True)
-        page.screenshot(path="/tmp/easel-background.png", full_page=True)
 
 
 def test_step_by_step_detect_pick_mask_and_replace(live_server, tmp_path):
@@ -92,4 +91,4 @@ def test_step_by_step_detect_pick_mask_and_replace(live_server, tmp_path):
         page.locator("#background-mask-preview img").first.wait_for(state="visible", timeout=30_000)
         info = replace_and_read_info(page)
         assert "Steps: 2" in info
-        page.screenshot(path="/tmp/easel-background-steps.png", full_page=True)
+        page.screenshot(path=str(tmp_path / "background-steps.png"), full_page=True)

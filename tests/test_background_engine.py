@@ -217,8 +217,6 @@ def test_every_builtin_detector_and_segmenter_runs_through_the_registry(context)
     for name in detectors:
         found = engine.detect_subject(context, image, "the square", name, 0.0, 0.0, work_side=64)
         assert found and all(0 <= d.box[0] <= d.box[2] <= 128 and 0 <= d.box[1] <= d.box[3] <= 96 for d in found)
-        model = engine.MODELS.detector(context.models_dir, name)
-        assert model.device.type == "cpu"   # back off the device after its step
     segmenters = [c.name for c in registry.segmenter_choices(context.models_dir) if c.builtin]
     assert set(segmenters) == {registry.GRABCUT, registry.BOX, registry.TINY_SAM, registry.TINY_SAM2}
     for name in segmenters:
@@ -256,6 +254,7 @@ def test_local_model_folders_are_listed(tmp_path):
     assert cache.detector(models_dir, "GroundingDino/my-gd").kind == "transformers"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_the_gpu_detector_and_segmenter_go_back_to_the_cpu(make_context):
     context = make_context(device="cuda")
@@ -268,6 +267,61 @@ def test_on_the_gpu_detector_and_segmenter_go_back_to_the_cpu(make_context):
     result = engine.replace_background(context, image, truth, options(save=False))
     core = masks.grow(truth, -3)
     assert np.array_equal(np.asarray(result.image)[core], np.asarray(image)[core])
+
+
+class DeviceVisits:
+    """Stands in for a detector's or segmenter's ``to``: records each move and where the model was when
+    its step ran, without moving anything (so a CPU-only machine can watch a GPU round trip)."""
+
+    def __init__(self):
+        self.moves: list[str] = []
+        self.where = "cpu"
+        self.step_ran_on: list[str] = []
+
+    def install(self, monkeypatch, holder, step_name, fail=False):
+        """Watch ``holder.to`` and ``holder.<step_name>``; with ``fail`` the step raises after being recorded."""
+
+        def to(device):
+            self.moves.append(str(device))
+            self.where = str(device)
+            return holder
+
+        step = getattr(holder, step_name)
+
+        def watched_step(*args, **kwargs):
+            self.step_ran_on.append(self.where)
+            if fail:
+                raise RuntimeError("CUDA out of memory (pretend)")
+            return step(*args, **kwargs)
+
+        monkeypatch.setattr(holder, "to", to)
+        monkeypatch.setattr(holder, step_name, watched_step)
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["step-succeeds", "step-raises"])
+def test_detector_and_segmenter_run_on_the_device_and_go_back_to_the_cpu(context, monkeypatch, fails):
+    """Each model is moved to the pipeline manager's device for its step only, and back to the CPU
+    afterwards, even when the step raises (the device here is a CUDA one the test only pretends to have)."""
+    import torch
+
+    monkeypatch.setattr(engine, "_device", lambda context: torch.device("cuda", 1))
+    image, _truth = scene()
+    detector = engine.MODELS.detector(context.models_dir, registry.TINY_DETECTOR)
+    segmenter = engine.MODELS.segmenter(context.models_dir, registry.TINY_SAM)
+    detector_visits, segmenter_visits = DeviceVisits(), DeviceVisits()
+    detector_visits.install(monkeypatch, detector, "detect", fail=fails)
+    segmenter_visits.install(monkeypatch, segmenter, "segment", fail=fails)
+    for call, visits in ((lambda: engine.detect_subject(context, image, "the square", registry.TINY_DETECTOR,
+                                                        0.0, 0.0, work_side=64), detector_visits),
+                         (lambda: engine.segment_subject(context, image, [(34, 18, 102, 78)], registry.TINY_SAM,
+                                                         work_side=96), segmenter_visits)):
+        if fails:
+            with pytest.raises(RuntimeError, match="pretend"):
+                call()
+        else:
+            assert len(call())
+        assert visits.step_ran_on == ["cuda:1"]
+        assert visits.moves == ["cuda:1", "cpu"]
 
 
 def test_weighted_and_long_background_prompts_work(context):

@@ -94,6 +94,22 @@ def test_tiny_groundingdino_py_loads_an_idea_checkpoint_and_detects(tmp_path):
     assert detector.detect(image, "a red square", box_threshold=1.01) == []
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(groundingdino_missing is not None, reason=str(groundingdino_missing))
+def test_the_builtin_tiny_groundingdino_py_leaves_nothing_in_the_temporary_folder(tmp_path, monkeypatch):
+    """The registry's built-in groundingdino-py model is written to a temporary folder, loaded and the
+    folder removed: it still detects afterwards, and the temporary folder is empty again."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    detector = detect.build_tiny_groundingdino_py()
+    assert list(scratch.iterdir()) == []
+    image, _ = scene()
+    assert len(detector.detect(image, "a red square", box_threshold=0.0, text_threshold=0.0)) == 10
+
+
 def test_bert_shim_masks_like_transformers_4():
     import torch
     from transformers import BertConfig, BertModel

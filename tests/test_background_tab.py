@@ -82,11 +82,16 @@ def test_odd_uploads_give_a_result_or_a_message(client, tmp_path):
     Image.fromarray(np.full((64, 80), 40000, np.uint16)).save(grey)
     outputs = client.predict(*replace_args(grey, subject="a dog", box=1.0), api_name="/background_replace")
     assert "Nothing matching" in outputs[3]
+    # a palette PNG with a transparent colour: its transparency is the subject mask, as with RGBA
     palette = tmp_path / "palette.png"
-    subject_png(palette, alpha=True)
+    truth = subject_png(palette, alpha=True)
     Image.open(palette).convert("P", palette=Image.Palette.ADAPTIVE).save(palette)
-    outputs = client.predict(*replace_args(palette), api_name="/background_replace")
-    assert "Done" in outputs[3] or "Nothing" in outputs[3]
+    gallery, _info, mask_file, status = client.predict(*replace_args(palette), api_name="/background_replace")[:4]
+    assert "Done" in status, status
+    assert np.array_equal(masks.image_to_mask(Image.open(mask_file)), truth)
+    original = np.asarray(Image.open(palette).convert("RGB"))
+    core = masks.grow(truth, -3)
+    assert np.array_equal(np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))[core], original[core])
 
 
 def test_a_hand_painted_mask_from_the_editor_is_used(client, tmp_path):

@@ -52,7 +52,6 @@ def test_type_a_prompt_click_generate_and_see_an_image(page, tmp_path):
     verdict = judge(Image.open(io.BytesIO(served.body())))
     assert (verdict.colour, verdict.background) == ("red", "blue"), verdict  # it drew what was asked
     page.screenshot(path=str(tmp_path / "txt2img.png"), full_page=True)
-    page.screenshot(path="/tmp/easel-txt2img.png", full_page=True)
 
 
 def test_extensions_tab_shows_the_builtins(page):

@@ -70,8 +70,14 @@ def test_broken_drop_in_extensions_are_listed_and_skipped(make_context, tmp_path
 
     from webui.app import create_blocks
 
-    blocks = create_blocks(context)  # the UI still builds
-    assert blocks is not None
+    blocks = create_blocks(context)  # the UI still builds: every tab, and a table saying what failed and why
+    tabs = {block.label for block in blocks.blocks.values() if type(block).__name__ == "Tab"}
+    assert {"txt2img", "Background", "Train", "Settings", "Extensions"} <= tabs, tabs
+    table = next(block for block in blocks.blocks.values() if getattr(block, "elem_id", None) == "extensions-table")
+    rows = {row[0]: dict(zip(table.value["headers"], row)) for row in table.value["data"]}
+    assert "failed" in rows["import_fails"]["Status"] and "No module named" in rows["import_fails"]["Error"]
+    assert "failed" in rows["too_new"]["Status"] and "9.0" in rows["too_new"]["Error"]
+    assert "loaded" in rows["raises_in_hook"]["Status"] and "loaded" in rows["txt2img"]["Status"]
 
 
 def test_disabled_extension_is_not_loaded(make_context, tmp_path):

@@ -145,9 +145,11 @@ def test_quote_like_a1111():
     assert quote_value("two\nlines") == '"two\\nlines"'
     assert quote_value("日本, ü") == '"日本, ü"'  # not \\u-escaped, as A1111
     assert quote_value(" padded") == '" padded"'
-    for value in ["a: 1, b: 2", 'x"y', "two\nlines", "plain", '"', "\\", ""]:
+    for value in ["a: 1, b: 2", 'x"y', "two\nlines", '"', " x", "x\t"]:  # need quotes: written as JSON strings
+        assert quote_value(value).startswith('"') and json.loads(quote_value(value)) == value
         assert unquote_value(quote_value(value)) == value
-        assert json.loads(quote_value(value)) == value if quote_value(value).startswith('"') else True
+    for value in ["plain", "\\", "", "Euler a", "x=1"]:  # need none: written as they are
+        assert quote_value(value) == value and unquote_value(value) == value
     assert unquote_value('"not json') == '"not json'
     assert unquote_value('"bad \\x escape"') == '"bad \\x escape"'
 

@@ -1,15 +1,18 @@
 """A person trains a LoRA in the Train tab, and reloads the page while a run trains: headless Debian
-chromium through Playwright, tiny at 64 px."""
+chromium through Playwright, tiny at 64 px.
+
+The runs are held at a known step with the trainer's hold file (``train_hold``) and the tests wait
+for the trainer's own events (``progress.jsonl``), never for the trainer to be fast enough."""
 
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from gradio_client import Client
 
 from tests.browser_support import CHROMIUM, LAUNCH_ARGS, pick, playwright_or_skip, set_number
+from tests.test_train_tab import TRAIN_ARGS, step_reached, wait_for_event
 from tests.test_training import make_images
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -17,7 +20,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 playwright_api = playwright_or_skip()
 
 
-def test_train_a_lora_in_the_browser_and_find_it_in_txt2img(live_server, tmp_path):
+def test_train_a_lora_in_the_browser_and_find_it_in_txt2img(live_server, tmp_path, train_hold):
     context = live_server["context"]
     make_images(context.datasets_dir / "browser_set", count=2)
     name = "browser_lora"
@@ -34,10 +37,14 @@ def test_train_a_lora_in_the_browser_and_find_it_in_txt2img(live_server, tmp_pat
             page.locator("#train-name textarea, #train-name input").first.fill(name)
             set_number(page, "train-resolution", "64")
             set_number(page, "train-steps", "4")
+            train_hold.write_text("1")  # the run waits after step 1: the page must show it running there
             page.locator("#train-start").click()
+            wait_for_event(context.training_dir / name, step_reached(1))
             page.wait_for_function(
-                "() => /step [1-9]/.test(document.querySelector('#train-progress')?.innerText || '')",
+                "() => /running.*step 1\\/4/.test(document.querySelector('#train-progress')?.innerText || '')",
                 timeout=60_000)
+            train_hold.unlink()
+            wait_for_event(context.training_dir / name, lambda event: event["event"] in ("done", "cancelled"))
             page.wait_for_function(
                 "() => /(done|failed|error)/.test(document.querySelector('#train-progress')?.innerText || '')",
                 timeout=60_000)
@@ -58,23 +65,19 @@ def test_train_a_lora_in_the_browser_and_find_it_in_txt2img(live_server, tmp_pat
             browser.close()
 
 
-def test_a_reloaded_page_follows_the_running_run_and_cancels_it(live_server):
+def test_a_reloaded_page_follows_the_running_run_and_cancels_it(live_server, train_hold):
     context = live_server["context"]
     make_images(context.datasets_dir / "reattach_set", count=2)
     name = "browser_reattach"
-    from tests.test_train_tab import TRAIN_ARGS
 
-    # the run is started by someone else (another browser); this page never pressed Start
+    # the run is started by someone else (another browser); this page never pressed Start.
+    # It waits after step 1 until cancelled, so it is running whenever the page looks.
+    train_hold.write_text("1")
     job = Client(live_server["url"], verbose=False).submit(
-        **dict(TRAIN_ARGS, dataset="reattach_set", output_name=name, max_steps=400, checkpoint_every=0,
+        **dict(TRAIN_ARGS, dataset="reattach_set", output_name=name, max_steps=20, checkpoint_every=0,
                validation_prompts=""), api_name="/train_start")
-    deadline = time.time() + 120
-    while time.time() < deadline and not any("running" in output[0] for output in job.outputs()):
-        if job.done():
-            job.result()  # raises the run's error
-        time.sleep(0.2)
-    assert any("running" in output[0] for output in job.outputs()), (job.status(), job.outputs()[-1:])
-    running = "() => /running.*step [1-9]/.test(document.querySelector('#train-progress')?.innerText || '')"
+    wait_for_event(context.training_dir / name, step_reached(1), job)
+    running = "() => /running.*step 1\\/20/.test(document.querySelector('#train-progress')?.innerText || '')"
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
         try:
@@ -94,6 +97,6 @@ def test_a_reloaded_page_follows_the_running_run_and_cancels_it(live_server):
                 "() => /cancelled/.test(document.querySelector('#train-progress')?.innerText || '')", timeout=120_000)
         finally:
             browser.close()
-    assert "cancelled" in job.result(timeout=60)[0]
+    assert "cancelled" in job.result(timeout=60)[0] and "step 1/20" in job.result()[0]
     assert sorted((context.training_dir / name / "checkpoints").glob("*.pt"))
     assert not (context.lora_dir / f"{name}.safetensors").exists()

@@ -331,9 +331,6 @@ def build_tiny_grounding_dino(seed: int = 0) -> TransformersDetector:
     return TransformersDetector(model, processor, "tiny-grounding-dino")
 
 
-_TINY_PY_FILES: dict[str, Path] = {}
-
-
 def write_tiny_groundingdino_py(folder: str | os.PathLike, seed: int = 0) -> tuple[Path, Path]:
     """Write a tiny groundingdino-py setup to ``folder``: ``tiny.pth``, ``tiny_cfg.py`` and a ``bert`` folder.
 
@@ -381,12 +378,14 @@ def write_tiny_groundingdino_py(folder: str | os.PathLike, seed: int = 0) -> tup
 
 
 def build_tiny_groundingdino_py(seed: int = 0) -> GroundingDinoPyDetector:
-    """The tiny groundingdino-py model, written once per process to a temporary folder and loaded."""
-    if "folder" not in _TINY_PY_FILES:
-        _TINY_PY_FILES["folder"] = Path(tempfile.mkdtemp(prefix="easel-tiny-gdpy-"))
-        _TINY_PY_FILES["files"] = write_tiny_groundingdino_py(_TINY_PY_FILES["folder"], seed)
-    checkpoint, config = _TINY_PY_FILES["files"]
-    detector = GroundingDinoPyDetector.load(checkpoint, config)
+    """The tiny groundingdino-py model, written to a temporary folder, loaded, and the folder removed.
+
+    Loading reads every file (weights, config, the BERT folder) into memory, so nothing is
+    left behind in the temporary directory.
+    """
+    with tempfile.TemporaryDirectory(prefix="easel-tiny-gdpy-") as folder:
+        checkpoint, config = write_tiny_groundingdino_py(folder, seed)
+        detector = GroundingDinoPyDetector.load(checkpoint, config)
     detector.model.float()
     detector.name = "tiny-groundingdino-py"
     return detector

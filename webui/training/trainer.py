@@ -20,6 +20,12 @@ What a run writes in its run folder (``config.run_path``):
 * a file ``STOP`` (written at any time, even before training starts) makes the run save a
   checkpoint at the next step boundary, delete the file and stop (the tab's Cancel).
 
+Test hook: when the environment names a hold file (``EASEL_TRAIN_HOLD_FILE``, inherited by the
+trainer's process from the app) and that file exists, the run waits after logging any step at
+or past the step number written in the file (empty: every step) until the file is deleted or a
+stop is requested. Tests use it to act on a run that is known to be at a given step (attach a
+second page, cancel) instead of racing the trainer's speed.
+
 Full fine-tune (``mode="full"``): the whole UNet / SD3 transformer trains in fp32 (autocast for
 mixed precision), optionally with an EMA of its weights (``diffusers.training_utils.EMAModel``,
 kept in the checkpoints and saved as the model); the result is the base pipeline with the
@@ -56,6 +62,8 @@ from webui.training.dataset import Dataset, image_tensor, load_dataset, make_buc
 log = logging.getLogger(__name__)
 
 TRAINABLE_FAMILIES = tuple(name for name, family in FAMILY_TABLE.items() if family.trainable)
+HOLD_FILE_ENV = "EASEL_TRAIN_HOLD_FILE"  # test hook, see the module docstring
+HOLD_POLL_SECONDS = 0.05
 
 
 class StopTraining(Exception):
@@ -737,6 +745,28 @@ class LoraTrainer:
         flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
+    def _hold_requested(self, step: int) -> bool:
+        """Whether any process sees the test hold file asking to wait after ``step``."""
+        path = os.environ.get(HOLD_FILE_ENV)
+        asked = False
+        if path:
+            try:
+                text = Path(path).read_text(encoding="utf-8").strip()
+                asked = step >= int(text or 0)
+            except (OSError, ValueError):  # no file (or gone meanwhile): no hold
+                asked = False
+        flag = torch.tensor([1.0 if asked else 0.0], device=self.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _hold_if_asked(self, step: int) -> None:
+        """Test hook (``EASEL_TRAIN_HOLD_FILE``): wait after ``step`` while the hold file asks for it,
+        until it is deleted or a stop is requested. Every process decides from the same reduced
+        flags, so they leave the wait together."""
+        if not os.environ.get(HOLD_FILE_ENV):
+            return
+        while self._hold_requested(step) and not self._stop_requested():
+            time.sleep(HOLD_POLL_SECONDS)
+
     def run(self) -> TrainResult:
         config = self.config
         self.setup()
@@ -800,6 +830,8 @@ class LoraTrainer:
                 result.checkpoint = str(self.save_checkpoint(step))
             if config.validation_every and step % config.validation_every == 0 and step < self.total_steps:
                 result.validation_images = self.validation(step)
+            if step < self.total_steps:
+                self._hold_if_asked(step)
             stop_after = config.stop_after_steps and step >= config.stop_after_steps and step < self.total_steps
             if step < self.total_steps and (stop_after or self._stop_requested()):
                 result.checkpoint = str(self.save_checkpoint(step))
