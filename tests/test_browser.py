@@ -91,10 +91,13 @@ def test_png_info_round_trip_draws_the_same_image(page, tmp_path):
     seed = page.locator("#txt2img-seed input")
     seed.fill("4242")
     seed.press("Enter")
+    earlier = page.locator("#txt2img-gallery img").first.get_attribute("src") \
+        if page.locator("#txt2img-gallery img").count() else ""
     page.locator("#txt2img-generate").click()
-    page.wait_for_function(
-        "() => (document.querySelector('#txt2img-progress')?.innerText || '').includes('image(s) in')",
-        timeout=180_000)
+    # the gallery changes when this job ends (the progress line may still show the last job's end)
+    page.wait_for_function("(before) => { const img = document.querySelector('#txt2img-gallery img');"
+                           " return img && img.src && !img.src.endsWith(before || '#none'); }", arg=earlier,
+                           timeout=180_000)
     first = _gallery_png(page)
     dropped = tmp_path / "dropped.png"
     dropped.write_bytes(first)
