@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from tests.browser_support import CHROMIUM, LAUNCH_ARGS, pick, playwright_or_skip, set_number
-from webui.demo_model.judge import judge
+from tools.demo_model.judge import judge
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

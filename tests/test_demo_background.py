@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from extensions.background import engine, masks
-from webui.demo_model.judge import foreground_mask, judge
-from webui.demo_model.shapes import ShapeSpec, render
+from tools.demo_model.judge import foreground_mask, judge
+from tools.demo_model.shapes import ShapeSpec, render
 from webui.pipelines.sources import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 
 pytestmark = pytest.mark.skipif(not (DEMO_MODEL_DIR / "model_index.json").is_file(),

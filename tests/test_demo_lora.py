@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pytest
 
-from webui.demo_model.evaluate import easel_drawer, eval_prompts, judgements, profile_context
-from webui.demo_model.judge import template_shape
-from webui.demo_model.shapes import COLOURS, sample
+from tools.demo_model.evaluate import easel_drawer, eval_prompts, judgements, profile_context
+from tools.demo_model.judge import template_shape
+from tools.demo_model.shapes import COLOURS, sample
 from webui.pipelines.sources import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 from webui.training import TrainConfig, train
 

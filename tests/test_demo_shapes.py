@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from webui.demo_model.judge import judge
-from webui.demo_model.shapes import (ALL_SHAPES, COLOURS, HELD_OUT_SHAPES, SHAPES, ShapeSpec, parse_caption, render,
+from tools.demo_model.judge import judge
+from tools.demo_model.shapes import (ALL_SHAPES, COLOURS, HELD_OUT_SHAPES, SHAPES, ShapeSpec, parse_caption, render,
                                      sample)
 
 
@@ -67,7 +67,7 @@ def test_noise_is_not_mistaken_for_a_shape():
 
 
 def test_template_matching_tells_every_shape_apart_the_held_out_heart_included():
-    from webui.demo_model.judge import template_scores, template_shape
+    from tools.demo_model.judge import template_scores, template_shape
 
     shapes = ALL_SHAPES
     for index in range(120):
@@ -86,7 +86,7 @@ def test_a_star_with_fat_points_is_still_a_star():
     import cv2
     from PIL import Image
 
-    from webui.demo_model.judge import foreground_mask
+    from tools.demo_model.judge import foreground_mask
 
     spec = ShapeSpec(shape="star", colour="yellow", background="purple", size="small")
     star = foreground_mask(render(spec)).astype(np.uint8)

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from webui.demo_model.train import DemoTrainConfig, train
+from tools.demo_model.train import DemoTrainConfig, train
 
 def unet_weights(folder):
     return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
@@ -29,8 +29,8 @@ def changed_fraction(initial, saved):
 def test_quick_run_trains_and_saves_a_pipeline_that_draws(tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from webui.demo_model.tokenizer import write_tokenizer
-    from webui.demo_model.train import build_models
+    from tools.demo_model.tokenizer import write_tokenizer
+    from tools.demo_model.train import build_models
 
     out = train(DemoTrainConfig.quick(), tmp_path / "out", tmp_path / "work")
     record = json.loads((out / "training.json").read_text())
@@ -70,8 +70,8 @@ class StubAutoencoder:
 def test_vae_psnr_gives_known_answers():
     """A perfect autoencoder scores the 120 dB cap; one that decodes everything to mid-grey scores
     the PSNR of grey against the held-out images, computed here from their 8-bit pixels."""
-    from webui.demo_model.evaluate import EVAL_SEED, vae_psnr
-    from webui.demo_model.shapes import sample
+    from tools.demo_model.evaluate import EVAL_SEED, vae_psnr
+    from tools.demo_model.shapes import sample
 
     assert vae_psnr(StubAutoencoder(lambda latents: latents), count=3) == pytest.approx(120.0)
     expected = []
@@ -86,8 +86,8 @@ def test_vae_psnr_gives_known_answers():
 def test_adherence_gives_full_marks_to_a_perfect_drawer_and_low_ones_to_a_deaf_drawer():
     """Drawing each caption exactly scores 1.0 everywhere; drawing one fixed image whatever the
     caption scores only the share of captions that happen to ask for it."""
-    from webui.demo_model.evaluate import adherence, eval_prompts, judgements
-    from webui.demo_model.shapes import ShapeSpec, parse_caption, render
+    from tools.demo_model.evaluate import adherence, eval_prompts, judgements
+    from tools.demo_model.shapes import ShapeSpec, parse_caption, render
 
     pairs = eval_prompts(24)
     perfect = adherence(judgements(lambda caption, seed: render(parse_caption(caption)), pairs))

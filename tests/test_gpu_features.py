@@ -65,7 +65,7 @@ class Measured:
     inspected: dict[str, Any] = field(default_factory=dict)
 
     def adherence(self) -> dict[str, float]:
-        from webui.demo_model.evaluate import adherence
+        from tools.demo_model.evaluate import adherence
 
         return adherence(self.verdicts)
 
@@ -84,9 +84,9 @@ def measure(base: Path, profile: str, settings: dict[str, Any],
     """Load the demo model on CUDA with ``settings``, draw the evaluation pairs, judge them, unload."""
     from tests.conftest import make_options
     from webui.app import create_context
-    from webui.demo_model.evaluate import EVAL_CFG, EVAL_SIDE, eval_prompts
-    from webui.demo_model.judge import judge
-    from webui.demo_model.shapes import parse_caption
+    from tools.demo_model.evaluate import EVAL_CFG, EVAL_SIDE, eval_prompts
+    from tools.demo_model.judge import judge
+    from tools.demo_model.shapes import parse_caption
     from webui.jobs import GenerationRequest
 
     gc.collect()
@@ -226,7 +226,7 @@ def test_lowvram_with_nf4_profile_fits_in_a_fraction_of_none(none_profile, recor
     model: it still draws what is asked and peaks below ``none``."""
     if not has("bitsandbytes"):
         pytest.skip("bitsandbytes is not installed (requirements-gpu.txt)")
-    from webui.bench.memory import PROFILES
+    from tools.bench.memory import PROFILES
 
     measured = measure(tmp_path, "lowvram+nf4", dict(PROFILES["lowvram+nf4"]["settings"]))
     record(record_figures, measured, none_profile)

@@ -1,1 +1,2 @@
-"""Command-line tools for developers: benchmarks, the demo model, the tested versions."""
+"""Developer commands, outside the running app: benchmarks (``tools.bench``), the demo model
+(``tools.demo_model``), the tested versions (``tools.update_versions``)."""

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from webui.demo_model.shapes import ALL_SHAPES, COLOURS, ShapeSpec, render
+from tools.demo_model.shapes import ALL_SHAPES, COLOURS, ShapeSpec, render
 
 COLOUR_NAMES = list(COLOURS)
 COLOUR_TABLE = np.array([COLOURS[name] for name in COLOUR_NAMES], dtype=np.float32)

@@ -1,6 +1,6 @@
 """LoRA vs full fine-tune on a tiny model: wall time, output size, checkpoint size, eval loss.
 
-``python -m webui.bench.training_modes [--model tiny] [--steps 50]`` runs ``python -m
+``python -m tools.bench.training_modes [--model tiny] [--steps 50]`` runs ``python -m
 webui.train`` twice in a subprocess (mode "lora", then mode "full" with EMA) on 4 random
 64x64 images in a temporary folder and prints one line per mode (see docs/benchmarks.md).
 """

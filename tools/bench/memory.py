@@ -1,10 +1,10 @@
 """Memory benchmark of Easel's memory profiles.
 
-    python -m webui.bench.memory                         # CPU: bench-sd1 at 1024 and 2048, none vs lowvram
-    python -m webui.bench.memory --sizes 512,1024 --profiles none,sliced,vae-tiled,lowvram
-    python -m webui.bench.memory --matrix 256,512,1024   # width x height table + heatmap PNG
-    python -m webui.bench.memory --fit-budget 1.5GB      # largest square under the budget, per profile
-    python -m webui.bench.memory --device cuda --arch sd15 --sizes 512 --matrix 512,1024,2048 --fit-budget 8GB
+    python -m tools.bench.memory                         # CPU: bench-sd1 at 1024 and 2048, none vs lowvram
+    python -m tools.bench.memory --sizes 512,1024 --profiles none,sliced,vae-tiled,lowvram
+    python -m tools.bench.memory --matrix 256,512,1024   # width x height table + heatmap PNG
+    python -m tools.bench.memory --fit-budget 1.5GB      # largest square under the budget, per profile
+    python -m tools.bench.memory --device cuda --arch sd15 --sizes 512 --matrix 512,1024,2048 --fit-budget 8GB
 
 Every measurement runs in a fresh child process that loads the model through Easel's own
 path (``create_context`` + the memory extensions + ``run_generation``), so what is measured
@@ -154,7 +154,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 # ----- parent ----------------------------------------------------------------------------------
 
 def _child_command(spec: dict[str, Any]) -> list[str]:
-    return [sys.executable, "-m", "webui.bench.memory", "--child", json.dumps(spec)]
+    return [sys.executable, "-m", "tools.bench.memory", "--child", json.dumps(spec)]
 
 
 def measure(spec: dict[str, Any], budget_rss: int | None = None, timeout: float = 3600) -> dict[str, Any]:
@@ -380,7 +380,7 @@ def _sizes(text: str) -> list[tuple[int, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m webui.bench.memory", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--arch", default=None, help="bench-sd1 (CPU default), sd15, sdxl, sd35-medium")
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from webui.bench.archs import ensure_arch_folder
+    from tools.bench.archs import ensure_arch_folder
     from webui.memory import parse_size
 
     arch = args.arch or ("bench-sd1" if args.device == "cpu" else "sd15")

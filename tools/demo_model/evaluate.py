@@ -1,15 +1,15 @@
 """Measure the demo model: prompt adherence over fixed prompt/seed pairs and VAE fidelity.
 
-    python -m webui.demo_model.evaluate [--model models/demo/easel-shapes] [--pairs 64]
-    python -m webui.demo_model.evaluate --profiles none,sliced,vae-sliced,quanto-int8 --pairs 32
+    python -m tools.demo_model.evaluate [--model models/demo/easel-shapes] [--pairs 64]
+    python -m tools.demo_model.evaluate --profiles none,sliced,vae-sliced,quanto-int8 --pairs 32
 
 Images are drawn through Easel's own generation path (the pipeline manager, the sampler
 mapping, every extension's hooks), so what is measured is what a user gets. Prints, over
 ``--pairs`` fixed (caption, seed) pairs at CFG 5 and 20 Euler steps, the fraction of images
 whose shape colour and background colour both match the prompt, whose shape matches and
-whose size matches (judged by :mod:`webui.demo_model.judge`), and the VAE's reconstruction
+whose size matches (judged by :mod:`tools.demo_model.judge`), and the VAE's reconstruction
 PSNR on held-out images. With ``--profiles`` it repeats the adherence measure under each
-memory profile of :mod:`webui.bench.memory` and reports the change against ``none``.
+memory profile of :mod:`tools.bench.memory` and reports the change against ``none``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from webui.demo_model.judge import judge
-from webui.demo_model.shapes import parse_caption, sample
+from tools.demo_model.judge import judge
+from tools.demo_model.shapes import parse_caption, sample
 
 EVAL_SEED = 999_001  # held out: training uses seeds derived from the config seed (0, 1, 2 by default)
 EVAL_STEPS = 20
@@ -93,9 +93,9 @@ def folder_size_mb(folder: Path) -> float:
 
 
 def profile_context(work: Path, profile: str):
-    """A CPU app context on throwaway folders with ``profile``'s settings (see webui.bench.memory)."""
+    """A CPU app context on throwaway folders with ``profile``'s settings (see tools.bench.memory)."""
     from webui.app import AppOptions, create_context
-    from webui.bench.memory import PROFILES
+    from tools.bench.memory import PROFILES
 
     options = AppOptions(models_dir=work / "models", outputs_dir=work / "outputs", data_dir=work / f"data-{profile}",
                          device="cpu", entry_points=False, max_loaded=1,
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=EVAL_STEPS)
     parser.add_argument("--cfg", type=float, default=EVAL_CFG)
-    parser.add_argument("--profiles", default="none", help="comma list of webui.bench.memory profiles")
+    parser.add_argument("--profiles", default="none", help="comma list of tools.bench.memory profiles")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pairs = eval_prompts(args.pairs)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
-from webui.demo_model.shapes import COLOURS, HELD_OUT_SHAPES, POSITION_WORDS, SHAPES, SIZES
+from tools.demo_model.shapes import COLOURS, HELD_OUT_SHAPES, POSITION_WORDS, SHAPES, SIZES
 from webui.pipelines.tiny import CLIP_TOKENIZER_DIR
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")

@@ -1,6 +1,6 @@
 """Train the offline demo model from scratch, deterministically, on the CPU.
 
-    python -m webui.demo_model.train --out models/demo/easel-shapes --work-dir data/demo-train
+    python -m tools.demo_model.train --out models/demo/easel-shapes --work-dir data/demo-train
 
 Stages (each resumable from its last checkpoint in ``--work-dir``):
 
@@ -14,7 +14,7 @@ Stages (each resumable from its last checkpoint in ``--work-dir``):
 5. The EMA weights saved as a ``StableDiffusionPipeline`` (fp16 safetensors) with the
    training config and seed in ``training.json`` and in every safetensors header.
 
-All data come from :mod:`webui.demo_model.shapes` and all noise from generators seeded by
+All data come from :mod:`tools.demo_model.shapes` and all noise from generators seeded by
 (seed, stage, step), so a resumed run reproduces an uninterrupted one.
 """
 
@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from webui.demo_model.shapes import sample
-from webui.demo_model.tokenizer import write_tokenizer
+from tools.demo_model.shapes import sample
+from tools.demo_model.tokenizer import write_tokenizer
 
 SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -306,7 +306,7 @@ def train(config: DemoTrainConfig, out_dir: Path, work_dir: Path, stop_after: in
                                    requires_safety_checker=False)
     pipe.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
     record = {"config": asdict(config), "seed": config.seed, "scaling_factor": scaling,
-              "created": time.strftime("%Y-%m-%d %H:%M:%S"), "trainer": "webui.demo_model.train"}
+              "created": time.strftime("%Y-%m-%d %H:%M:%S"), "trainer": "tools.demo_model.train"}
     (out_dir / "training.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     _record_in_headers(out_dir, record)
     return out_dir

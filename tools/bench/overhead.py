@@ -1,6 +1,6 @@
 """Ratio of an image job through Easel's queue and generation path to the same call on bare diffusers.
 
-    python3 -m webui.bench.overhead [--task txt2img|img2img] [--model tiny] [--size 512] [--steps 20] [--runs 5]
+    python3 -m tools.bench.overhead [--task txt2img|img2img] [--model tiny] [--size 512] [--steps 20] [--runs 5]
 
 Both paths use the same loaded pipeline, sampler, seed and settings; runs alternate
 between the two so drift hits both; the ratio of medians and the median of the

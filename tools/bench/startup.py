@@ -1,6 +1,6 @@
 """Seconds from ``python3 launch.py`` to the first HTTP 200 of the UI.
 
-    python3 -m webui.bench.startup [--runs 3]
+    python3 -m tools.bench.startup [--runs 3]
 
 Runs launch.py as a user would (with its requirements check, after installation) on a
 free port with throwaway data/outputs folders, polls the page, prints each run and the

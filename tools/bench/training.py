@@ -1,6 +1,6 @@
 """Seconds per LoRA training step and peak memory, with a per-stage breakdown from the profiler.
 
-    python3 -m webui.bench.training [--models tiny,tiny-sd3] [--steps 12] [--resolution 64]
+    python3 -m tools.bench.training [--models tiny,tiny-sd3] [--steps 12] [--resolution 64]
                                     [--batch-size 1] [--rank 4] [--gradient-checkpointing]
 
 For each model a short run trains on a throw-away dataset of random images (the trainer of

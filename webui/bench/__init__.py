@@ -1,1 +1,0 @@
-"""Benchmarks. ``python -m webui.bench.memory --help`` measures the memory profiles."""
