@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,21 @@ def playwright_or_skip():
         pytest.skip("Debian's chromium is not installed (python launch.py --test installs it)",
                     allow_module_level=True)
     return api
+
+
+@contextmanager
+def open_app(playwright_api, url: str, args: list[str] | None = None, width: int = 1280, height: int = 1000):
+    """A chromium page on Easel at ``url``, once the txt2img tab is there; the browser closes after."""
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=LAUNCH_ARGS if args is None else args)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(url, wait_until="domcontentloaded")
+            page.locator("#txt2img-prompt textarea").wait_for(state="visible", timeout=60_000)
+            yield page
+        finally:
+            browser.close()
 
 
 def pick(page, elem_id: str, text: str) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.browser_support import CHROMIUM, WEBGL_LAUNCH_ARGS, pick, playwright_or_skip, set_number
+from tests.browser_support import WEBGL_LAUNCH_ARGS, open_app, pick, playwright_or_skip, set_number
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -17,13 +17,8 @@ playwright_api = playwright_or_skip()
 
 @pytest.fixture(scope="module")
 def page(live_server):
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=WEBGL_LAUNCH_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(live_server["url"], wait_until="domcontentloaded")
-        page.locator("#txt2img-prompt textarea").wait_for(state="visible", timeout=60_000)
+    with open_app(playwright_api, live_server["url"], WEBGL_LAUNCH_ARGS, width=1400, height=1100) as page:
         yield page
-        browser.close()
 
 
 def size_of(page, tab: str) -> tuple[str, str]:

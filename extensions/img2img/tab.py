@@ -114,13 +114,7 @@ def render_img2img_tab(ui: UIContext) -> None:
                 extension_controls = ui.render_generation_controls("img2img")
         with gr.Column():
             outputs = form.render_outputs(SCOPE)
-            with gr.Row():
-                ui.send_image_button("img2img", "init_image", outputs.gallery, "Send to img2img",
-                                     elem_id="img2img-send-img2img")
-                ui.send_image_button("img2img", "inpaint_image", outputs.gallery, "Send to inpaint",
-                                     elem_id="img2img-send-inpaint")
-                ui.send_image_button("background", "image", outputs.gallery, "Send to Background",
-                                     elem_id="img2img-send-background")
+            form.render_send_buttons(ui, SCOPE, outputs.gallery)
     ui.share_fields(SCOPE, {"init_image": image, "inpaint_image": editor, "prompt": prompt, "negative_prompt": negative,
                             "model": picker.model, "sampler": sampling.sampler, "schedule_type": sampling.schedule,
                             "steps": sampling.steps, "cfg_scale": sampling.cfg, "seed": sampling.seed, "width": width,

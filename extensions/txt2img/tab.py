@@ -48,13 +48,7 @@ def render_txt2img_tab(ui: UIContext) -> None:
                 extension_controls = ui.render_generation_controls("txt2img")
         with gr.Column():
             outputs = form.render_outputs(SCOPE)
-            with gr.Row():
-                ui.send_image_button("img2img", "init_image", outputs.gallery, "Send to img2img",
-                                     elem_id="txt2img-send-img2img")
-                ui.send_image_button("img2img", "inpaint_image", outputs.gallery, "Send to inpaint",
-                                     elem_id="txt2img-send-inpaint")
-                ui.send_image_button("background", "image", outputs.gallery, "Send to Background",
-                                     elem_id="txt2img-send-background")
+            form.render_send_buttons(ui, SCOPE, outputs.gallery)
 
     def run(holder: dict, model: str, prompt: str, negative_prompt: str, sampler: str, schedule_type: str,
             steps: float, width: float, height: float, cfg_scale: float, seed: float, batch_count: float,

@@ -155,6 +155,17 @@ def render_outputs(tab_id: str) -> Outputs:
     return Outputs(progress, preview, gallery, info, used_seed)
 
 
+def render_send_buttons(ui: "UIContext", tab_id: str, gallery: Any) -> None:
+    """"Send to img2img / inpaint / Background" under a gallery (the selected image, else the first)."""
+    import gradio as gr
+
+    with gr.Row():
+        ui.send_image_button("img2img", "init_image", gallery, "Send to img2img", elem_id=f"{tab_id}-send-img2img")
+        ui.send_image_button("img2img", "inpaint_image", gallery, "Send to inpaint", elem_id=f"{tab_id}-send-inpaint")
+        ui.send_image_button("background", "image", gallery, "Send to Background",
+                             elem_id=f"{tab_id}-send-background")
+
+
 def wire_model_follow(ui: "UIContext", picker: ModelPicker, sampling: Sampling, width: Any, height: Any,
                       other_model_lists: list[Any] = ()) -> None:
     """A new model brings its note, its family's samplers, and its native size where the size was the old one's."""
