@@ -70,15 +70,7 @@ def render_img2img_tab(ui: UIContext) -> None:
     mode = gr.State("img2img")
 
     picker = form.render_model_picker(ui, SCOPE, last)
-    with gr.Row():
-        with gr.Column(scale=3):
-            prompt = gr.Textbox(label="Prompt", lines=3, value=last.get("prompt", ""), elem_id="img2img-prompt")
-            negative = gr.Textbox(label="Negative prompt", lines=2, value=last.get("negative_prompt", ""))
-        with gr.Column(scale=1, min_width=160):
-            generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate")
-            with gr.Row():
-                interrupt = gr.Button("Interrupt", size="sm")
-                skip = gr.Button("Skip", size="sm")
+    prompt, negative, generate, interrupt, skip = form.render_prompt_row(SCOPE, last)
     with gr.Row():
         with gr.Column():
             with gr.Tabs():

@@ -69,6 +69,23 @@ def render_model_picker(ui: "UIContext", tab_id: str, last: dict[str, Any]) -> M
     return ModelPicker(model, refresh, note, gr.State(default_side), default_side)
 
 
+def render_prompt_row(tab_id: str, last: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
+    """Prompt and negative prompt beside Generate / Interrupt / Skip."""
+    import gradio as gr
+
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=3, value=last.get("prompt", ""), elem_id=f"{tab_id}-prompt",
+                                placeholder="a photo of a cat, (sharp focus:1.2), [blurry]")
+            negative = gr.Textbox(label="Negative prompt", lines=2, value=last.get("negative_prompt", ""))
+        with gr.Column(scale=1, min_width=160):
+            generate = gr.Button("Generate", variant="primary", elem_id=f"{tab_id}-generate")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", size="sm")
+                skip = gr.Button("Skip", size="sm")
+    return prompt, negative, generate, interrupt, skip
+
+
 @dataclass
 class Sampling:
     sampler: Any
