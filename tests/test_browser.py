@@ -75,11 +75,16 @@ def test_settings_tab_says_each_reason_once(page):
     assert text.count("bitsandbytes needs CUDA") == 1
 
 
-def _gallery_png(page) -> bytes:
-    """The bytes of the first image in txt2img's gallery, as the server serves them."""
-    image = page.locator("#txt2img-gallery img").first
-    image.wait_for(state="visible", timeout=180_000)
-    return page.request.get(image.get_attribute("src")).body()
+def _generate_and_read_png(page) -> bytes:
+    """Click Generate, wait for a new first image in txt2img's gallery (not the one already
+    shown) and return its bytes as the server serves them."""
+    images = page.locator("#txt2img-gallery img")
+    before = images.first.get_attribute("src") if images.count() else ""
+    page.locator("#txt2img-generate").click()
+    page.wait_for_function("(before) => { const img = document.querySelector('#txt2img-gallery img');"
+                           " return img && img.src && img.src !== before && !img.src.endsWith(before || '#'); }",
+                           arg=before or "", timeout=180_000)
+    return page.request.get(images.first.get_attribute("src")).body()
 
 
 def test_png_info_round_trip_draws_the_same_image(page, tmp_path):
@@ -91,14 +96,7 @@ def test_png_info_round_trip_draws_the_same_image(page, tmp_path):
     seed = page.locator("#txt2img-seed input")
     seed.fill("4242")
     seed.press("Enter")
-    earlier = page.locator("#txt2img-gallery img").first.get_attribute("src") \
-        if page.locator("#txt2img-gallery img").count() else ""
-    page.locator("#txt2img-generate").click()
-    # the gallery changes when this job ends (the progress line may still show the last job's end)
-    page.wait_for_function("(before) => { const img = document.querySelector('#txt2img-gallery img');"
-                           " return img && img.src && !img.src.endsWith(before || '#none'); }", arg=earlier,
-                           timeout=180_000)
-    first = _gallery_png(page)
+    first = _generate_and_read_png(page)
     dropped = tmp_path / "dropped.png"
     dropped.write_bytes(first)
     assert "Seed: 4242" in (Image.open(dropped).text.get("parameters") or "")  # the served PNG keeps its chunk
@@ -135,11 +133,7 @@ def test_png_info_round_trip_draws_the_same_image(page, tmp_path):
     assert "easel-shapes" in page.locator("#txt2img-model input").first.input_value()
     assert page.locator("#txt2img-width input[type=number]").input_value() == "128"
     assert page.locator("#txt2img-height input[type=number]").input_value() == "128"
-    before = page.locator("#txt2img-gallery img").first.get_attribute("src")
-    page.locator("#txt2img-generate").click()
-    page.wait_for_function("(before) => { const img = document.querySelector('#txt2img-gallery img');"
-                           " return img && img.src && !img.src.endsWith(before); }", arg=before, timeout=180_000)
-    second = _gallery_png(page)
+    second = _generate_and_read_png(page)
     a = np.asarray(Image.open(io.BytesIO(first)).convert("RGB"))
     b = np.asarray(Image.open(io.BytesIO(second)).convert("RGB"))
     assert np.array_equal(a, b), np.abs(a.astype(int) - b.astype(int)).max()

@@ -148,3 +148,20 @@ def test_odd_files_give_a_clear_message(tmp_path, kind, monkeypatch):
         assert info.readable and status.startswith("PNG, 12x10, RGBA. No generation parameters in this image")
     else:
         assert not info.readable and status.startswith("odd.png is not an image this server can read ("), status
+
+
+def test_send_button_is_wired_to_txt2img_and_hidden_without_it(make_context):
+    from webui.app import create_blocks
+
+    def send_button(blocks):
+        return next(c for c in blocks.config["components"] if c["props"].get("elem_id") == "png-info-send-txt2img")
+
+    blocks = create_blocks(make_context())
+    button = send_button(blocks)
+    assert button["props"]["visible"] is True
+    prompt = next(c for c in blocks.config["components"] if c["props"].get("elem_id") == "txt2img-prompt")
+    sends = [d for d in blocks.config["dependencies"] if button["id"] in [t[0] for t in d["targets"]]]
+    assert len(sends) == 1 and prompt["id"] in sends[0]["outputs"]
+
+    blocks = create_blocks(make_context(disabled_extensions={"txt2img"}))
+    assert send_button(blocks)["props"]["visible"] is False  # nothing to send to

@@ -244,9 +244,9 @@ class UIContext:
         ``fn(*inputs)`` returns ``{field: value}``; each value goes into the component the
         target shared under that name (:meth:`share_fields`); fields it did not share, and
         shared fields left out of the dict, are left as they are. ``None`` sends nothing and
-        stays on the tab. The wiring is done once
-        every tab is rendered, so the target may come before or after the sending tab. When
-        the target shares nothing (its extension is disabled or failed) the button is hidden.
+        stays on the tab. The wiring is done once every tab is rendered, so the target may come
+        before or after the sending tab. When the target shares nothing (its extension is
+        disabled or failed) the button is hidden.
         """
         inputs = [] if inputs is None else list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         self._sends.append((button, tab_id, fn, inputs))
