@@ -109,14 +109,64 @@ def test_local_diffusers_folder_loads(context):
         assert model.family == "sdxl"
 
 
-def test_sdxl_refiner_takes_over_at_the_switch_point(context):
-    base = dict(prompt="a lighthouse", model="tiny-sdxl", sampler="Euler", seed=11, **SMALL)
+class StepLog(Job):
+    """A job that records the step numbers it is told about."""
+
+    def __init__(self):
+        super().__init__()
+        self.numbers = []
+
+    def step(self, step_index, preview=None):
+        self.numbers.append(step_index)
+        return super().step(step_index, preview)
+
+
+def record_denoiser_timesteps(context, name, into):
+    """Append the timestep of every UNet call of the loaded model ``name`` to ``into``; returns the hook."""
+    def remember(module, args, kwargs):
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        into.append(float(torch.as_tensor(timestep).flatten()[0]))
+
+    with context.pipelines.use(name) as model:
+        return model.pipeline.unet.register_forward_pre_hook(remember, with_kwargs=True)
+
+
+@pytest.mark.parametrize("switch_at, base_steps", [(0.6, 3), (0.2, 1)])
+def test_sdxl_refiner_takes_over_at_the_switch_point(context, switch_at, base_steps):
+    """The base model runs the first round(steps * switch_at) steps of the plain schedule and the
+    refiner the rest (one UNet call a step with CFG batched); progress counts 1..steps across both."""
+    base = dict(prompt="a lighthouse", model="tiny-sdxl", sampler="Euler", seed=11, **{**SMALL, "steps": 5})
+    plain_timesteps, base_timesteps, refiner_timesteps = [], [], []
+    hook = record_denoiser_timesteps(context, "tiny-sdxl", plain_timesteps)
     plain = context.generate(GenerationRequest(**base)).images[0]
-    refined = context.generate(GenerationRequest(
-        refiner=RefinerOptions(model="tiny-sdxl-refiner", switch_at=0.6), **base)).images[0]
+    hook.remove()
+    assert len(plain_timesteps) == 5
+    hooks = [record_denoiser_timesteps(context, "tiny-sdxl", base_timesteps),
+             record_denoiser_timesteps(context, "tiny-sdxl-refiner", refiner_timesteps)]
+    job = StepLog()
+    try:
+        refined = context.generate(GenerationRequest(
+            refiner=RefinerOptions(model="tiny-sdxl-refiner", switch_at=switch_at), **base), job).images[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert base_timesteps == plain_timesteps[:base_steps]
+    assert refiner_timesteps == plain_timesteps[base_steps:]
+    assert job.numbers == [1, 2, 3, 4, 5]
     assert refined.image.size == (64, 64)
     assert not np.array_equal(pixels(plain.image), pixels(refined.image))
-    assert "Refiner: tiny-sdxl-refiner" in refined.infotext and "Refiner switch at: 0.6" in refined.infotext
+    assert "Refiner: tiny-sdxl-refiner" in refined.infotext and f"Refiner switch at: {switch_at}" in refined.infotext
+
+
+def test_the_refiner_switch_point_decides_the_image(context):
+    """Two switch points give two images."""
+    base = dict(prompt="a lighthouse", model="tiny-sdxl", sampler="Euler", seed=11, **{**SMALL, "steps": 5})
+
+    def refined(switch_at):
+        request = GenerationRequest(refiner=RefinerOptions(model="tiny-sdxl-refiner", switch_at=switch_at), **base)
+        return pixels(context.generate(request).images[0].image)
+
+    assert not np.array_equal(refined(0.2), refined(0.6))
 
 
 class StopAt(Job):
@@ -179,16 +229,16 @@ def test_saved_png_carries_a1111_infotext(context):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(width=0), "width must be between"),
-        (dict(width=100000), "width must be between"),
-        (dict(height=100), "multiple of 8"),
-        (dict(steps=0), "steps must be between"),
+        (dict(width=0), r"width must be between 64 and \d+ pixels, got 0"),
+        (dict(width=100000), r"width must be between 64 and \d+ pixels, got 100000"),
+        (dict(height=100), r"height must be a multiple of 8, got 100 \(try 96\)"),
+        (dict(steps=0), "steps must be between 1 and 150, got 0"),
         (dict(model="no-such-model"), "Unknown model"),
         (dict(model="../../etc/passwd"), "Unknown model"),
         (dict(sampler="Warp Drive"), "Sampler 'Warp Drive'"),
         (dict(schedule_type="Sideways"), "Schedule type 'Sideways' does not work"),
         (dict(sampler="Euler a", schedule_type="Karras"), "choose one of: Automatic"),
-        (dict(batch_size=0), "batch size"),
+        (dict(batch_size=0), "batch size must be between 1 and 8, got 0"),
     ],
 )
 def test_bad_requests_get_clear_messages(context, change, message):

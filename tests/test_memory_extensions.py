@@ -225,12 +225,32 @@ EXACT = [
 ]
 
 
+def draw_counting_decodes(context, **overrides):
+    """A batch of two images (as one float array) and how many times the VAE decoder ran for it.
+
+    diffusers slices the VAE decode only when the batch holds more than one image, so an
+    exactness check of VAE slicing needs a batch of at least two, and the decoder count shows
+    that the sliced path was taken (one decoder call per image instead of one per batch).
+    """
+    calls = []
+    with context.pipelines.use("tiny") as model:
+        hook = model.pipeline.vae.decoder.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        result = context.generate(request(batch_size=2, **overrides))
+    finally:
+        hook.remove()
+    images = np.stack([np.asarray(record.image) for record in result.images]).astype(np.float64)
+    return images, calls
+
+
 @pytest.mark.parametrize("settings", EXACT, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
 def test_exact_profiles_give_the_image_of_none(context, settings):
-    reference, _ = draw(context)
+    reference, reference_decodes = draw_counting_decodes(context)
+    assert reference_decodes == [2]  # without slicing: the batch of two decoded at once
     context.settings.update(settings)
     context.pipelines.reconfigure()
-    image, _ = draw(context)
+    image, decodes = draw_counting_decodes(context)
+    assert decodes == ([1, 1] if settings.get("vae.slicing") else [2])
     assert np.abs(image - reference).max() <= 1.0  # one 8-bit level at most (float rounding)
 
 

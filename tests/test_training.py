@@ -136,10 +136,18 @@ def test_sd3_flow_matching_loss_goes_down(tmp_path):
     from safetensors import safe_open
 
     make_images(tmp_path / "data", count=2)
+    from webui.training.trainer import LoraTrainer
+
     config = config_for(tmp_path, model="tiny-sd3", max_steps=6, learning_rate=3e-3, eval_examples=2,
                         target_modules=["to_q", "to_k", "to_v"])
-    result = train(config)
-    assert result.eval_loss_end < result.eval_loss_start, (result.eval_loss_start, result.eval_loss_end)
+    trainer = LoraTrainer(config)
+    result = trainer.run()
+    # The evaluation is deterministic (fixed examples, noise and timesteps: a run with learning
+    # rate 0 measured 1.51159 before and after), so the drop comes from the trained weights; it
+    # must be about what was measured (1.5116 -> 1.4994, 0.8 %), not any float wobble.
+    assert trainer.eval_loss() == result.eval_loss_end
+    drop = (result.eval_loss_start - result.eval_loss_end) / result.eval_loss_start
+    assert drop > 0.004, (result.eval_loss_start, result.eval_loss_end)
     with safe_open(str(config.output_file), "pt") as handle:
         assert handle.metadata()["easel_prediction_type"] == "flow_matching"
         assert all(k.startswith("transformer.") for k in handle.keys())
