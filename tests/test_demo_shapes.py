@@ -55,15 +55,27 @@ def test_every_shape_is_told_apart_at_both_sizes(shape):
 
 
 def test_noise_is_not_mistaken_for_a_shape():
-    rng = np.random.default_rng(0)
+    """Noise has no plain background: the judge sees no shape and no colour in it, so a broken model
+    that draws noise scores nothing (it used to read "a large purple square on purple")."""
     from PIL import Image
 
+    from tools.demo_model.judge import Judgement
+
     flat = Image.new("RGB", (128, 128), (30, 60, 220))
-    assert judge(flat).shape is None and judge(flat).background == "blue"
-    noisy = Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
-    verdict = judge(noisy)
-    spec = ShapeSpec(shape="circle", colour="red", background="blue", size="small")
-    assert not all(verdict.matches(spec).values())
+    assert judge(flat) == Judgement(colour=None, background="blue", shape=None, size=None)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        uniform = Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+        assert judge(uniform) == Judgement(colour=None, background=None, shape=None, size=None)
+        grey_noise = Image.fromarray(np.clip(rng.normal(128, 40, (128, 128, 3)), 0, 255).astype(np.uint8))
+        assert judge(grey_noise).shape is None and judge(grey_noise).background is None
+    for spec in (ShapeSpec(shape="square", colour="purple", background="purple", size="large"),
+                 ShapeSpec(shape="circle", colour="red", background="blue", size="small")):
+        assert not any(judge(uniform).matches(spec).values())
+    # a shape with mild noise on it is still read correctly: the check only rejects what has no plain background
+    spec = ShapeSpec(shape="star", colour="yellow", background="blue", size="large")
+    speckled = np.asarray(render(spec), dtype=np.float64) + rng.normal(0, 12, (128, 128, 3))
+    assert all(judge(Image.fromarray(np.clip(speckled, 0, 255).astype(np.uint8))).matches(spec).values())
 
 
 def test_template_matching_tells_every_shape_apart_the_held_out_heart_included():

@@ -3,6 +3,7 @@
     python -m tools.gpu_check                      # install requirements-gpu.txt if missing, run, write
     python -m tools.gpu_check --no-install         # use what is installed
     python -m tools.gpu_check --wheels wheels/     # install from local wheel files only (no index)
+    python -m tools.gpu_check --mutations          # also the CUDA rows of tools.mutation_check
     python -m tools.gpu_check --no-write -- -k offload   # arguments after -- go to pytest
 
 Steps: (1) refuse to run without CUDA; (2) install what ``requirements-gpu.txt`` lists and is
@@ -11,7 +12,9 @@ and its CUDA libraries as they are; a failed install is reported and the tests t
 package then skip with the reason; (3) ``pytest -m gpu``, with ``EASEL_TEST_FIGURES`` naming a
 file the tests' ``record_figures`` fixture appends to; (4) append a dated section naming the
 device, the versions, each test's outcome (skip reasons included) and the figures to
-``docs/benchmarks.md``. Exits with pytest's status (2 without CUDA).
+``docs/benchmarks.md``; (5) with ``--mutations``, break each CUDA-only feature as the CUDA rows
+of :mod:`tools.mutation_check` say and record whether its tests caught it. Exits with pytest's
+status (2 without CUDA; 1 when a mutation was not caught).
 """
 
 from __future__ import annotations
@@ -113,8 +116,24 @@ def figure_tables(figures: list[dict]) -> list[str]:
     return lines
 
 
+def cuda_mutations(timeout: float) -> list[tuple[str, str, float]]:
+    """(row name, status, seconds) of every CUDA row of tools.mutation_check, run on a scratch copy."""
+    from tools import mutation_check
+
+    rows = [row for row in mutation_check.MUTATIONS if row.needs_cuda]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="easel-gpu-mutation-") as folder:
+        mutation_check.scratch_copy(ROOT, Path(folder))
+        for row in rows:
+            outcome = mutation_check.check(row, Path(folder), timeout, baseline=False, has_cuda=True)
+            print(f"gpu_check: mutation {row.name}: {outcome.status} ({outcome.seconds:.0f} s)", flush=True)
+            results.append((row.name, outcome.status, outcome.seconds))
+    return results
+
+
 def section(when: datetime.datetime, device: str, install_note: str | None, code: int, seconds: float,
-            outcomes: list[tuple[str, str, str]], figures: list[dict], pytest_args: list[str]) -> str:
+            outcomes: list[tuple[str, str, str]], figures: list[dict], pytest_args: list[str],
+            mutations: list[tuple[str, str, float]] | None = None) -> str:
     counts = {name: sum(outcome == name for _, outcome, _ in outcomes) for name in ("passed", "FAILED", "ERROR",
                                                                                    "skipped")}
     command = "python -m tools.gpu_check" + (" -- " + " ".join(pytest_args) if pytest_args else "")
@@ -128,6 +147,10 @@ def section(when: datetime.datetime, device: str, install_note: str | None, code
     if figures:
         lines += ["", "Figures the tests measured (MiB from torch.cuda.memory_allocated / max_memory_allocated):"]
         lines += figure_tables(figures)
+    if mutations:
+        lines += ["", "CUDA rows of `python -m tools.mutation_check` (each feature broken on purpose):", "",
+                  "| row | result | seconds |", "|---|---|---|"]
+        lines += [f"| {name} | {status} | {seconds:.0f} |" for name, status, seconds in mutations]
     return "\n".join(lines) + "\n"
 
 
@@ -140,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheels", type=Path, help="install from the wheel files in this folder only")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of appending it")
     parser.add_argument("--out", type=Path, default=BENCHMARKS, help="the Markdown file to append to")
+    parser.add_argument("--mutations", action="store_true", help="also run the CUDA rows of tools.mutation_check")
     args = parser.parse_args(own)
 
     import torch
@@ -161,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         code = subprocess.call(command, cwd=ROOT, env=env)
         seconds = time.monotonic() - started
         outcomes, figures = test_outcomes(junit), read_figures(figures_path)
-    text = section(when, device_line(), install_note, code, seconds, outcomes, figures, pytest_args)
+    mutations = cuda_mutations(timeout=600) if args.mutations else None
+    if mutations and any(status != "caught" for _, status, _ in mutations):
+        code = code or 1
+    text = section(when, device_line(), install_note, code, seconds, outcomes, figures, pytest_args, mutations)
     if args.no_write:
         print(text)
     else:

@@ -1,7 +1,9 @@
 """Classical judging of a shape image: which colours, which shape, which size.
 
 Used to measure prompt adherence of the demo model without any learned classifier:
-the background colour is the median of the border, the shape is what differs from it,
+the background colour is the median of the border (an image whose border is not mostly that
+one colour, such as noise, has no plain background and shows no shape: every attribute is
+None), the shape is what differs from it,
 its colour the median of its eroded interior, its size the side of its bounding box, and
 its kind is the shape whose template, fitted to that box, overlaps it best (IoU at least
 :data:`MIN_SHAPE_IOU`; below that the shape is unrecognised).
@@ -28,6 +30,10 @@ COLOUR_TABLE = np.array([COLOURS[name] for name in COLOUR_NAMES], dtype=np.float
 FOREGROUND_DISTANCE = 60.0  # RGB distance from the background that counts as "shape"
 LARGE_SIDE = 0.55  # bounding-box side (fraction of the image) between small and large
 MIN_SHAPE_IOU = 0.7  # ground-truth images score 0.83 or more with their own template
+#: Share of the border within FOREGROUND_DISTANCE of its median colour for a plain background:
+#: 1.00 on ground-truth images, 0.99 or more on the demo model's, about 0.05 on uniform noise
+#: and 0.46 on Gaussian noise of standard deviation 40.
+MIN_PLAIN_BORDER = 0.75
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,7 @@ class Judgement:
     """What the image shows, as far as the classical measures can tell."""
 
     colour: str | None
-    background: str
+    background: str | None  # None: no plain background (not a picture of one shape)
     shape: str | None
     size: str | None
 
@@ -56,11 +62,20 @@ def nearest_colour(rgb: np.ndarray) -> str:
     return COLOUR_NAMES[int(distances.argmin())]
 
 
+def _border(pixels: np.ndarray) -> np.ndarray:
+    """The RGB values of the two-pixel border, one row each."""
+    return np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3), pixels[:, :2].reshape(-1, 3),
+                           pixels[:, -2:].reshape(-1, 3)])
+
+
 def _border_colour(pixels: np.ndarray) -> np.ndarray:
     """The median RGB of the two-pixel border (the background colour)."""
-    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3), pixels[:, :2].reshape(-1, 3),
-                             pixels[:, -2:].reshape(-1, 3)])
-    return np.median(border, axis=0)
+    return np.median(_border(pixels), axis=0)
+
+
+def plain_fraction(pixels: np.ndarray, background_rgb: np.ndarray) -> float:
+    """The share of the border's pixels that are the background colour (within FOREGROUND_DISTANCE)."""
+    return float((np.linalg.norm(_border(pixels) - background_rgb, axis=1) <= FOREGROUND_DISTANCE).mean())
 
 
 def _largest_foreground(pixels: np.ndarray, background_rgb: np.ndarray) -> np.ndarray:
@@ -134,6 +149,8 @@ def judge(image: Image.Image) -> Judgement:
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     side = pixels.shape[0]
     background_rgb = _border_colour(pixels)
+    if plain_fraction(pixels, background_rgb) < MIN_PLAIN_BORDER:
+        return Judgement(colour=None, background=None, shape=None, size=None)
     background = nearest_colour(background_rgb)
     mask = _largest_foreground(pixels, background_rgb)
     if not mask.any():
