@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 32
 HISTORY = 256
+IDLE_SECONDS = 10.0
 LIMIT_SETTING = "queue.limit"
 
 
@@ -100,7 +101,7 @@ class JobQueue:
 
     def generate(self, request: GenerationRequest, job: Job | None = None) -> GenerationResult:
         """Submit and wait; called on the worker thread itself (a job that runs a job) it runs at once."""
-        if threading.current_thread() is self._worker:
+        if getattr(threading.current_thread(), "_easel_queue", None) is self:
             return self._run(request, job or Job())
         return self.wait(self.submit(request, job))
 
@@ -155,6 +156,7 @@ class JobQueue:
     def _ensure_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():
             self._worker = threading.Thread(target=self._work, name=self._name, daemon=True)
+            self._worker._easel_queue = self  # lets generate() know its own worker after the thread ends
             self._worker.start()
 
     def _announce_positions(self) -> None:
@@ -167,9 +169,12 @@ class JobQueue:
     def _work(self) -> None:
         while True:
             with self._lock:
-                while not self._pending and not self._closed:
-                    self._wakeup.wait()
+                if not self._pending and not self._closed:
+                    self._wakeup.wait(IDLE_SECONDS)
                 if not self._pending:
+                    # idle (or closed): the thread ends, and the next submit starts a new one, so an
+                    # app that is no longer used does not keep its models alive through this thread
+                    self._worker = None
                     return
                 job, request = self._pending.popleft()
                 self._running = job
