@@ -210,3 +210,43 @@ def test_last_run_found_and_an_interrupted_run_explained(tmp_path):
     assert failed["status"] == "failed" and "code 1" in failed["message"]
     done = settle(summarize(read_training_events(tmp_path / "training" / "old")), returncode=None)
     assert done["status"] == "done"
+
+
+@pytest.mark.slow
+def test_image_jobs_wait_while_a_training_run_holds_the_device_and_say_why(server, train_hold):
+    """With the queue told to wait for training (on a GPU it does by default), a txt2img job
+    submitted while a run is going waits, its page says why, and it runs once the run ends."""
+    client, context = server["client"], server["context"]
+    context.settings.update({"train.queue_waits": "always"})
+    train_hold.write_text("2")
+    run = client.submit(**dict(TRAIN_ARGS, max_steps=4), api_name="/train_start")
+    wait_for_event(context.training_dir / "tab_lora", step_reached(2), run)
+    assert "training run (tab_lora, step 2/4) is using the CPU" in (context.device_in_use() or "")
+
+    image_args = list(txt2img_args(batch_size=1).values()) + [[], ""]  # no LoRA
+    image = Client(server["url"], verbose=False).submit(*image_args, api_name="/txt2img")
+    deadline = time.time() + 120
+    while not any("Queued, waiting: a training run (tab_lora" in str(update[2]) for update in image.outputs()):
+        assert time.time() < deadline and not image.done(), image.outputs()[-1:] if image.outputs() else "nothing"
+        time.sleep(0.1)
+    assert not image.done()  # held: the device is the training run's
+    train_hold.unlink()  # the run goes on to its end; then the image job starts
+    progress, *_ = run.result(timeout=600)
+    assert "done" in progress, progress
+    gallery, _preview, status, info, _seed = image.result(timeout=300)
+    assert len(gallery) == 1 and "image(s) in" in status
+    job = [job for job in context.job_queue()._jobs.values() if any(e["kind"] == "waiting" for e in job.events())]
+    assert len(job) == 1
+    waited_until = max(e["time"] for e in job[0].events() if e["kind"] == "waiting")
+    started = next(e["time"] for e in job[0].events() if e["kind"] == "started")
+    assert started > waited_until
+    # and by default, on the CPU, image jobs do not wait for training
+    context.settings.update({"train.queue_waits": "when it uses a GPU"})
+    train_hold.write_text("1")
+    run = client.submit(**dict(TRAIN_ARGS, max_steps=3, output_name="tab_lora2"), api_name="/train_start")
+    wait_for_event(context.training_dir / "tab_lora2", step_reached(1), run)
+    assert context.device_in_use() is None
+    gallery, *_ = client.predict(*image_args, api_name="/txt2img")
+    assert len(gallery) == 1
+    train_hold.unlink()
+    run.result(timeout=600)

@@ -106,6 +106,13 @@ class EaselContext:
 
         return out_of_memory_answers(self, request, model, error)
 
+    def device_in_use(self) -> str | None:
+        """Why the queue's device is held outside the queue right now (``device_in_use`` hooks), or None."""
+        for reason in self.plugins.call("device_in_use", context=self):
+            if reason:
+                return str(reason)
+        return None
+
     def list_models(self) -> list["ModelSource"]:
         """Every model a user can pick: built-ins, local files and folders, hub presets."""
         return self.pipelines.list_models()

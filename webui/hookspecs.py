@@ -75,6 +75,19 @@ def app_started(context):
 
 
 @hookspec
+def device_in_use(context):
+    """Say when something outside the job queue holds the queue's device (API 1.3).
+
+    ``context`` is the :class:`webui.api.EaselContext`. Return a short sentence for the user
+    (e.g. ``"a LoRA training run (my_lora, step 120/500) is using the GPU"``) while it does,
+    else None. While any extension says so, the queue starts no new job: waiting jobs show
+    the sentence on their page and start once it is over, instead of running out of memory
+    halfway. Called often (about once a second while jobs wait): answer from state you keep,
+    never do slow work here.
+    """
+
+
+@hookspec
 def configure_pipeline(model, context):
     """Configure a freshly loaded pipeline (memory options, attention, offload, ...).
 

@@ -223,7 +223,7 @@ class GenerationResult:
 
 
 #: The kinds of :class:`Job` events, in the order a job can emit them.
-EVENT_KINDS = ("queued", "started", "step", "image", "finished", "failed", "interrupted", "cancelled")
+EVENT_KINDS = ("queued", "waiting", "started", "step", "image", "finished", "failed", "interrupted", "cancelled")
 FINAL_EVENTS = ("finished", "failed", "interrupted", "cancelled")
 
 
@@ -360,6 +360,8 @@ class Job:
 
     def progress_text(self) -> str:
         snap = self.snapshot()
+        if snap["status"] == "queued" and snap["message"].startswith("waiting: "):
+            return "Queued, " + snap["message"]  # the device is held outside the queue (a training run)
         if snap["status"] == "queued" and snap["position"] > 0:
             ahead = snap["position"] - 1
             return ("Queued: starting next" if ahead == 0 else

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LIMIT = 32
 HISTORY = 256
 IDLE_SECONDS = 10.0
+DEVICE_POLL_SECONDS = 1.0
 LIMIT_SETTING = "queue.limit"
 
 
@@ -48,9 +49,11 @@ class JobQueue:
     """FIFO queue with one worker thread for one device."""
 
     def __init__(self, run: Callable[[GenerationRequest, Job], GenerationResult],
-                 limit: Callable[[], int] | int = DEFAULT_LIMIT, name: str = "easel-queue") -> None:
+                 limit: Callable[[], int] | int = DEFAULT_LIMIT, name: str = "easel-queue",
+                 device_in_use: Callable[[], str | None] | None = None) -> None:
         self._run = run
         self._limit = limit
+        self._device_in_use = device_in_use or (lambda: None)
         self._name = name
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
@@ -166,8 +169,40 @@ class JobQueue:
         for job, position in places:
             job.set_position(position)
 
+    def _wait_for_the_device(self) -> None:
+        """While something outside the queue holds the device, start nothing and tell the waiting jobs why."""
+        told: str | None = None
+        while True:
+            try:
+                reason = self._device_in_use()
+            except Exception:  # noqa: BLE001 - a broken hook must not stop the queue
+                log.exception("device_in_use failed")
+                reason = None
+            if not reason:
+                if told:
+                    for job in self._waiting_jobs():
+                        job.message = ""
+                return
+            if reason != told:
+                for job in self._waiting_jobs():
+                    job.message = f"waiting: {reason}"
+                    job.emit("waiting", message=reason)
+                told = reason
+            with self._lock:
+                if self._closed:
+                    return
+                self._wakeup.wait(DEVICE_POLL_SECONDS)
+
+    def _waiting_jobs(self) -> list[Job]:
+        with self._lock:
+            return [job for job, _ in self._pending]
+
     def _work(self) -> None:
         while True:
+            with self._lock:
+                has_work = bool(self._pending)
+            if has_work:
+                self._wait_for_the_device()
             with self._lock:
                 if not self._pending and not self._closed:
                     self._wakeup.wait(IDLE_SECONDS)
@@ -236,4 +271,4 @@ def create_queue(context: "EaselContext") -> JobQueue:
             return DEFAULT_LIMIT
 
     return JobQueue(lambda request, job: run_generation(context, request, job), limit=limit,
-                    name=f"easel-queue-{context.pipelines.device}")
+                    name=f"easel-queue-{context.pipelines.device}", device_in_use=context.device_in_use)

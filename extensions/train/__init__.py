@@ -41,7 +41,7 @@ from webui.api import (
     training_log_tail,
 )
 
-EASEL_API_VERSION = "1.2"
+EASEL_API_VERSION = "1.3"
 POLL_SECONDS = 1.0
 SCOPE = "train"
 FINISHED = ("done", "cancelled")
@@ -78,6 +78,38 @@ def register_settings(register):
     register(Setting(key="train.num_processes", label="Training processes (accelerate launch --num_processes)",
                      default=1, kind="int", minimum=1, maximum=64, section="Training",
                      help="More than 1 trains data-parallel on several GPUs (or CPU processes with gloo)"))
+    register(Setting(key="train.queue_waits", label="Image jobs wait while a training run is going",
+                     default=QUEUE_WAITS[0], kind="choice", choices=QUEUE_WAITS, section="Training",
+                     help="On one GPU a job beside a training run would run out of memory; on the CPU both only slow "
+                          "each other down"))
+
+
+QUEUE_WAITS = ["when it uses a GPU", "always", "never"]
+
+
+def run_uses_a_gpu(config: TrainConfig) -> bool:
+    """Whether a run with this config trains on a CUDA GPU (``auto`` does when one is there)."""
+    import torch
+
+    return config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+
+
+@hookimpl
+def device_in_use(context):
+    """While a training run holds the GPU the image queue runs on, image jobs wait (and say why)."""
+    process = train_state(context).current
+    if process is None or not process.running:
+        return None
+    policy = context.settings.get("train.queue_waits", QUEUE_WAITS[0])
+    if policy == "never":
+        return None
+    if policy == QUEUE_WAITS[0] and not (run_uses_a_gpu(process.config) and context.pipelines.device.type == "cuda"):
+        return None
+    summary = summarize(read_training_events(process.run_dir))
+    step = f", step {summary['step']}/{summary['total']}" if summary.get("total") else ""
+    where = "the GPU" if run_uses_a_gpu(process.config) else "the CPU"
+    return (f"a training run ({process.config.output_name}{step}) is using {where}; image jobs start when it ends "
+            "or is cancelled (Train tab)")
 
 
 @hookimpl
