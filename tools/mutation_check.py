@@ -190,6 +190,39 @@ MUTATIONS: list[Mutation] = [
         new="        if False and config.resume and latest:  # mutation: resume ignored\n",
         tests=("tests/test_train_tab.py::test_train_tab_start_cancel_resume_and_use",),
     ),
+    # ----- one job path and one queue (issue 12) -----
+    Mutation(
+        name="queue-last-in-first-out",
+        what="the queue runs the newest waiting job first",
+        file="webui/queue.py",
+        old="                job, request = self._pending.popleft()\n",
+        new="                job, request = self._pending.pop()  # mutation: LIFO\n",
+        tests=("tests/test_queue.py::test_jobs_run_one_after_the_other_in_submission_order_and_know_their_place",),
+    ),
+    Mutation(
+        name="inpaint-keeps-nothing",
+        what="inpaint returns the generated image without pasting the original back outside the mask",
+        file="webui/tasks.py",
+        old="        return Image.composite(image.convert(\"RGB\"), original, prepared.paste_mask)\n",
+        new="        return image.convert(\"RGB\")  # mutation: no paste-back\n",
+        tests=("tests/test_tasks.py::test_mask_mode_invert_repaints_the_other_side",),
+    ),
+    Mutation(
+        name="img2img-strength-ignored",
+        what="img2img ignores the denoising strength (diffusers' default 0.8 is used)",
+        file="webui/tasks.py",
+        old="        arguments: dict[str, Any] = {\"image\": image, \"strength\": float(request.denoising_strength)}\n",
+        new="        arguments: dict[str, Any] = {\"image\": image}  # mutation: strength dropped\n",
+        tests=("tests/test_tasks.py::test_img2img_is_bit_identical_to_diffusers_img2img_pipeline",),
+    ),
+    Mutation(
+        name="queue-ignores-training",
+        what="the queue starts image jobs while a training run holds the device",
+        file="webui/queue.py",
+        old="            if has_work:\n                self._wait_for_the_device()\n",
+        new="            if False:  # mutation: never waits for the device\n                self._wait_for_the_device()\n",
+        tests=("tests/test_train_tab.py::test_image_jobs_wait_while_a_training_run_holds_the_device_and_say_why",),
+    ),
     # ----- CUDA-only features (run by python -m tools.gpu_check on a GPU machine) -----
     Mutation(
         name="bnb-nf4-not-quantized",
