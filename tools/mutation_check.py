@@ -46,7 +46,7 @@ class Mutation:
     file: str  # relative to the repository root
     old: str  # exact text, present exactly once in ``file``
     new: str
-    tests: tuple[str, ...]  # pytest node ids or test files
+    tests: tuple[str, ...]  # pytest node ids or test files, run in this order (-x: the first failure ends the run)
     needs_cuda: bool = False
 
 
@@ -90,7 +90,8 @@ MUTATIONS: list[Mutation] = [
         file="webui/generation.py",
         old="        guidance_scale=request.cfg_scale,\n        generator=generators,\n",
         new="        guidance_scale=1.0,  # mutation: CFG ignored\n        generator=generators,\n",
-        tests=("tests/test_demo_model.py::test_prompt_adherence_and_vae_fidelity_hold",),
+        tests=("tests/test_generation.py::test_manager_output_is_bit_identical_to_bare_diffusers",
+               "tests/test_demo_model.py::test_prompt_adherence_and_vae_fidelity_hold"),
     ),
     Mutation(
         name="quanto-int8-noise",
