@@ -108,7 +108,8 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
     decodes: list[int] = []  # the batch size of every VAE decoder call (slicing: one call per image)
     with context.pipelines.use(spec["arch"]) as loaded:
-        loaded.pipeline.vae.decoder.register_forward_pre_hook(lambda module, args: decodes.append(int(args[0].shape[0])))
+        loaded.pipeline.vae.decoder.register_forward_pre_hook(
+            lambda module, args: decodes.append(int(args[0].shape[0])))
     load_s = time.monotonic() - started
     rss_loaded = _vm("VmRSS")
     hwm_reset = _reset_peak_rss()
