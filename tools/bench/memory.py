@@ -106,8 +106,10 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, spec["budget"] / total))
     started = time.monotonic()
-    with context.pipelines.use(spec["arch"]):
-        pass
+    decodes: list[int] = []  # the batch size of every VAE decoder call (slicing: one call per image)
+    with context.pipelines.use(spec["arch"]) as loaded:
+        loaded.pipeline.vae.decoder.register_forward_pre_hook(
+            lambda module, args: decodes.append(int(args[0].shape[0])))
     load_s = time.monotonic() - started
     rss_loaded = _vm("VmRSS")
     hwm_reset = _reset_peak_rss()
@@ -124,12 +126,13 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     request = GenerationRequest(model=spec["arch"], prompt="a lighthouse on a cliff at sunset, detailed",
                                 negative_prompt="", sampler="Euler", steps=int(spec["steps"]),
                                 width=int(spec["size"][0]), height=int(spec["size"][1]), cfg_scale=5.0,
-                                seed=int(spec.get("seed", 1234)), save=False)
+                                seed=int(spec.get("seed", 1234)), batch_size=int(spec.get("batch_size", 1)),
+                                save=False)
     started = time.monotonic()
     result = run_generation(context, request, TimedJob())
     total_s = time.monotonic() - started
     figures: dict[str, Any] = {"load_s": round(load_s, 2), "total_s": round(total_s, 3),
-                               "rss_loaded": rss_loaded}
+                               "rss_loaded": rss_loaded, "vae_decodes": decodes}
     if len(stamps) >= 2:
         figures["s_per_step"] = round((stamps[-1] - stamps[0]) / (len(stamps) - 1), 4)
     elif stamps:
@@ -146,7 +149,12 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     figures["infotext_profile"] = next((part.split(": ", 1)[1] for part in infotext.split(", ")
                                         if part.startswith("Memory profile: ")), None)
     image_path = work / f"{spec['profile']}-{request.width}x{request.height}-{os.getpid()}.png"
-    result.images[0].image.save(image_path)
+    from PIL import Image
+
+    batch = Image.new("RGB", (request.width * len(result.images), request.height))  # the batch side by side
+    for index, record in enumerate(result.images):
+        batch.paste(record.image, (index * request.width, 0))
+    batch.save(image_path)
     figures["image"] = str(image_path)
     return figures
 
@@ -387,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", default="none,lowvram", help=f"comma list of: {', '.join(PROFILES)}")
     parser.add_argument("--sizes", default="1024,2048", help="sizes for the profile table (W or WxH, comma list)")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1, help="images per generation (VAE slicing needs 2+)")
     parser.add_argument("--matrix", default="", help="sides for the width x height matrix, e.g. 256,512,1024,2048")
     parser.add_argument("--matrix-profile", default="none")
     parser.add_argument("--fit-budget", default="", help="memory budget for the largest-square search, e.g. 2GB")
@@ -412,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = ensure_arch_folder(arch, args.cache, dtype)
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-", dir=args.out))
     base = {"arch": arch, "folder": str(folder), "work": str(work), "device": args.device, "steps": args.steps,
-            "threads": args.threads or None}
+            "threads": args.threads or None, "batch_size": args.batch_size}
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else _cpu_name()
     print(f"# Easel memory benchmark: {arch} on {args.device} ({device_name}), {args.steps} steps\n")
     report: dict[str, Any] = {"arch": arch, "device": args.device, "device_name": device_name, "steps": args.steps}
