@@ -32,13 +32,19 @@ def circle_png(path) -> None:
     image.save(path)
 
 
-def wait_done(page, tab: str) -> str:
+def generate_and_wait(page, tab: str) -> str:
+    """Click Generate, wait until this job's image replaces what the gallery showed (the progress
+    line may still show the last job's end), and return the infotext."""
+    images = page.locator(f"#{tab}-gallery img")
+    before = images.first.get_attribute("src") if images.count() else ""
+    page.locator(f"#{tab}-generate").click()
     page.wait_for_function(
-        f"() => /image\\(s\\) in|rror/.test(document.querySelector('#{tab}-progress')?.innerText || '')",
-        timeout=180_000)
+        "([tab, before]) => { const img = document.querySelector(`#${tab}-gallery img`);"
+        " const progress = document.querySelector(`#${tab}-progress`)?.innerText || '';"
+        " return /rror/.test(progress) || (img && img.src && img.src !== before && progress.includes('image(s) in')); }",
+        arg=[tab, before or ""], timeout=180_000)
     progress = page.locator(f"#{tab}-progress").inner_text()
     assert "image(s) in" in progress, progress
-    page.locator(f"#{tab}-gallery img").first.wait_for(state="visible", timeout=30_000)
     return page.locator(f"#{tab}-info textarea").input_value()
 
 
@@ -71,8 +77,7 @@ def test_img2img_upload_generate_and_see_the_result_with_its_infotext(page, tmp_
     page.locator("#img2img-prompt textarea").fill("a large red circle on a blue background")
     set_number(page, "img2img-steps", "8")
     set_number(page, "img2img-strength", "0.5")
-    page.locator("#img2img-generate").click()
-    info = wait_done(page, "img2img")
+    info = generate_and_wait(page, "img2img")
     assert "Denoising strength: 0.5" in info and "Size: 128x128" in info and "Model: easel-shapes" in info
     result = np.asarray(gallery_image(page, "img2img")).astype(int)
     start = np.asarray(Image.open(picture)).astype(int)
@@ -107,8 +112,7 @@ def test_inpaint_paint_a_mask_generate_and_see_the_result_with_its_infotext(page
     set_number(page, "img2img-steps", "8")
     set_number(page, "img2img-strength", "1")
     page.screenshot(path=str(tmp_path / "inpaint-painted.png"), full_page=True)
-    page.locator("#img2img-generate").click()
-    info = wait_done(page, "img2img")
+    info = generate_and_wait(page, "img2img")
     page.screenshot(path=str(tmp_path / "inpaint.png"), full_page=True)
     assert "Mask blur: 4" in info and "Masked content: original" in info and "Inpaint area: Whole picture" in info
     result = np.asarray(gallery_image(page, "img2img")).astype(int)
