@@ -207,9 +207,10 @@ def installed_torch_family() -> dict[str, str]:
     return family
 
 
-def constraint_lines() -> list[str]:
-    """The pip constraints for an install: the tested set, with an installed torch kept as it is."""
-    kept = installed_torch_family()
+def constraint_lines(kept: dict[str, str] | None = None) -> list[str]:
+    """The pip constraints for an install: the tested set, with an installed torch (``kept``,
+    default :func:`installed_torch_family`) kept as it is."""
+    kept = installed_torch_family() if kept is None else kept
     lines = [f"{name}=={version}" for name, version in tested_versions().items() if name not in kept]
     lines += [f"{name}=={version}" for name, version in sorted(kept.items())]
     return lines
@@ -249,7 +250,7 @@ def install_requirements(files: list[Path]) -> None:
                   flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             constraints = Path(tmp) / "constraints.txt"
-            constraints.write_text("\n".join(constraint_lines()) + "\n", encoding="utf-8")
+            constraints.write_text("\n".join(constraint_lines(kept)) + "\n", encoding="utf-8")
             subprocess.check_call(command + ["-c", str(constraints)])
     differing = untested_installed(lines)
     if differing:

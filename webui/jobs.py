@@ -234,8 +234,9 @@ class Job:
     :meth:`snapshot` or :meth:`wait_events` and may call :meth:`interrupt` (stop everything,
     keep what is done) or :meth:`skip` (stop the current image, go on with the next).
     Events are plain dicts (``{"kind": ..., "job": id, "time": ..., ...}``); a ``step``
-    event carries ``step``/``steps``/``image``/``images`` and, every few steps, ``preview``
-    (a PIL image, in process). ``position`` is the number of jobs ahead in the queue plus
+    event carries ``step``/``steps``/``image``/``images`` and, every few steps, ``preview: True``
+    when :attr:`preview` (a PIL image, in process) was replaced; events hold no images, so a
+    job's history stays small and plain. ``position`` is the number of jobs ahead in the queue plus
     one while queued, 0 once running.
     """
 
@@ -340,7 +341,7 @@ class Job:
             data = {"step": step_index, "steps": self.total_steps, "image": self.image_index,
                     "images": self.total_images}
         if preview is not None:
-            data["preview"] = preview
+            data["preview"] = True  # the image itself is the job's latest ``preview``, not kept per event
         self.emit("step", **data)
 
     def snapshot(self) -> dict[str, Any]:

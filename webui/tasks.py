@@ -41,7 +41,7 @@ def is_inpainting_model(model: "LoadedModel") -> bool:
 def task_pipeline(model: "LoadedModel", pipeline_task: str) -> Any:
     """The family's pipeline for ``pipeline_task`` over the loaded model's components (built once)."""
     cls = pipeline_class(model.family, pipeline_task)
-    if isinstance(model.pipeline, cls) and type(model.pipeline) is cls:
+    if type(model.pipeline) is cls:
         return model.pipeline
     cache = model.extension_state.setdefault(TASK_PIPELINES_KEY, {})
     pipe = cache.get(pipeline_task)
