@@ -41,6 +41,18 @@ def make_options(base: Path, **overrides):
     return options
 
 
+def start_server(options):
+    """A fresh app (context + blocks) on ``options``, served on a free port: (context, blocks, url)."""
+    from webui.app import create_blocks, create_context
+    from webui.server import launch_blocks
+
+    context = create_context(options)
+    blocks = create_blocks(context)
+    port = free_port()
+    launch_blocks(blocks, context, host="127.0.0.1", port=port, block=False)
+    return context, blocks, f"http://127.0.0.1:{port}/"
+
+
 @pytest.fixture
 def make_context(tmp_path):
     """Factory: ``make_context(**AppOptions overrides)`` -> EaselContext."""
@@ -60,16 +72,9 @@ def context(make_context):
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory):
     """A real Easel server on a free localhost port, shared by the server and browser tests."""
-    from webui.app import create_blocks, create_context
-    from webui.server import launch_blocks
-
-    base = tmp_path_factory.mktemp("server")
-    context = create_context(make_options(base))
-    blocks = create_blocks(context)
-    port = free_port()
-    launch_blocks(blocks, context, host="127.0.0.1", port=port, block=False)
-    url = f"http://127.0.0.1:{port}/"
     import urllib.request
+
+    context, blocks, url = start_server(make_options(tmp_path_factory.mktemp("server")))
 
     with urllib.request.urlopen(url, timeout=30) as response:
         first_status = response.status

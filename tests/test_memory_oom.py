@@ -47,17 +47,12 @@ def args(**overrides):
 
 @pytest.fixture
 def server(tmp_path):
-    from tests.conftest import free_port, make_options
-    from webui.app import create_blocks, create_context
-    from webui.server import launch_blocks
+    from tests.conftest import make_options, start_server
 
     injector = OutOfMemoryInjector()
-    context = create_context(make_options(tmp_path, extra_plugins={"oom_injector": injector}))
-    blocks = create_blocks(context)
-    port = free_port()
-    launch_blocks(blocks, context, port=port, block=False)
+    context, blocks, url = start_server(make_options(tmp_path, extra_plugins={"oom_injector": injector}))
     try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False), context, injector
+        yield Client(url, verbose=False), context, injector
     finally:
         blocks.close()
 

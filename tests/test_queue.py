@@ -183,16 +183,10 @@ class HoldAtFirstStep:
 def held_server(tmp_path):
     from gradio_client import Client
 
-    from conftest import free_port, make_options
-    from webui.app import create_blocks, create_context
-    from webui.server import launch_blocks
+    from tests.conftest import make_options, start_server
 
     hold = HoldAtFirstStep()
-    context = create_context(make_options(tmp_path, extra_plugins={"hold": hold}))
-    blocks = create_blocks(context)
-    port = free_port()
-    launch_blocks(blocks, context, host="127.0.0.1", port=port, block=False)
-    url = f"http://127.0.0.1:{port}/"
+    context, blocks, url = start_server(make_options(tmp_path, extra_plugins={"hold": hold}))
     try:
         yield context, hold, lambda: Client(url, verbose=False)
     finally:

@@ -15,6 +15,7 @@ import time
 import pytest
 from gradio_client import Client
 
+from tests.conftest import start_server
 from tests.test_server import txt2img_args
 from tests.test_training import make_images
 
@@ -24,19 +25,6 @@ TRAIN_ARGS = dict(dataset="subject", model="tiny", output_name="tab_lora", insta
                   checkpoint_every=2, keep=2, mixed_precision="no", checkpointing=False, adam8=False,
                   text_encoder=False, min_snr=0, noise_offset=0, seed=7, random_flip=False, center_crop=True, bucketing=False,
                   validation_prompts="a photo of sks thing", validation_every=0)
-
-
-def start_server(options):
-    """A fresh app (context + blocks) on ``options``, served on a free port: (context, blocks, url)."""
-    from tests.conftest import free_port
-    from webui.app import create_blocks, create_context
-    from webui.server import launch_blocks
-
-    context = create_context(options)
-    blocks = create_blocks(context)
-    port = free_port()
-    launch_blocks(blocks, context, host="127.0.0.1", port=port, block=False)
-    return context, blocks, f"http://127.0.0.1:{port}/"
 
 
 def wait_for_event(run_dir, accept, job=None, timeout=900):
