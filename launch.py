@@ -51,7 +51,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                         help="serve on all network interfaces (0.0.0.0) instead of 127.0.0.1 only")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live share link")
-    parser.add_argument("--auth", metavar="USER:PASSWORD", help="require this login (recommended with --listen/--share)")
+    parser.add_argument("--gradio-auth", "--auth", dest="gradio_auth", metavar="USER:PASSWORD[,USER2:PASSWORD2]",
+                        help="require this login for the UI (recommended with --listen/--share)")
+    parser.add_argument("--gradio-auth-path", metavar="FILE", help="read UI logins (USER:PASSWORD, one or more per "
+                                                                   "line, commas between them) from this file")
+    parser.add_argument("--api", action="store_true",
+                        help="also serve the REST API: AUTOMATIC1111's /sdapi/v1 and Easel's /easel/v1 (docs at /docs)")
+    parser.add_argument("--nowebui", action="store_true", help="serve the REST API alone, without the UI")
+    parser.add_argument("--api-auth", metavar="USER:PASSWORD[,USER2:PASSWORD2]",
+                        help="require HTTP Basic credentials on every API route")
+    parser.add_argument("--api-auth-path", metavar="FILE", help="read API credentials from this file")
+    parser.add_argument("--api-max-body-mb", type=int, default=64, metavar="MIB",
+                        help="largest API request body accepted, in MiB (default 64); larger ones get 413")
     parser.add_argument("--model", help="model to select at start: a built-in (tiny), a file or folder name under "
                                         "models/Stable-diffusion, or a hub id")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models", help="models folder (A1111 layout)")

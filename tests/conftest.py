@@ -41,15 +41,18 @@ def make_options(base: Path, **overrides):
     return options
 
 
-def start_server(options):
-    """A fresh app (context + blocks) on ``options``, served on a free port: (context, blocks, url)."""
+def start_server(options, api=None):
+    """A fresh app (context + blocks) on ``options``, served on a free port: (context, blocks, url).
+
+    ``api``: a :class:`webui.rest.ApiOptions` to serve the REST API too (``--api``).
+    """
     from webui.app import create_blocks, create_context
     from webui.server import launch_blocks
 
     context = create_context(options)
     blocks = create_blocks(context)
     port = free_port()
-    launch_blocks(blocks, context, host="127.0.0.1", port=port, block=False)
+    launch_blocks(blocks, context, host="127.0.0.1", port=port, block=False, api=api)
     return context, blocks, f"http://127.0.0.1:{port}/"
 
 

@@ -232,7 +232,7 @@ def test_saved_png_carries_a1111_infotext(context):
         (dict(width=0), r"width must be between 64 and \d+ pixels, got 0"),
         (dict(width=100000), r"width must be between 64 and \d+ pixels, got 100000"),
         (dict(height=100), r"height must be a multiple of 8, got 100 \(try 96\)"),
-        (dict(steps=0), "steps must be between 1 and 150, got 0"),
+        (dict(steps=0), "steps must be between 1 and 500, got 0"),
         (dict(model="no-such-model"), "Unknown model"),
         (dict(model="../../etc/passwd"), "Unknown model"),
         (dict(sampler="Warp Drive"), "Sampler 'Warp Drive'"),

@@ -8,6 +8,7 @@ stored in the PNG ``parameters`` text chunk, which A1111's "PNG Info" tab and ci
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import threading
@@ -108,6 +109,21 @@ def _reserve_path(folder: Path, seed: int) -> tuple[Path, int]:
     raise RuntimeError(f"could not find a free file name in {folder} after {_MAX_ATTEMPTS} attempts")
 
 
+def encode_png(image: Image.Image, infotext: str = "") -> bytes:
+    """``image`` as PNG bytes with ``infotext`` in its ``parameters`` text chunk (as :func:`save_image` writes it).
+
+    Modes are converted as :func:`save_image` describes; nothing is stored when ``infotext`` is empty.
+    """
+    pnginfo = PngImagePlugin.PngInfo()
+    if infotext:
+        # Latin-1 text goes into tEXt; anything else into an (uncompressed) iTXt chunk, which
+        # Pillow, A1111 and browsers read the same way.
+        pnginfo.add_text(INFOTEXT_KEY, infotext)
+    buffer = io.BytesIO()
+    _prepare_image(image).save(buffer, format="PNG", pnginfo=pnginfo)
+    return buffer.getvalue()
+
+
 def save_image(
     image: Image.Image,
     outputs_dir: Path,
@@ -149,17 +165,11 @@ def save_image(
     folder = Path(outputs_dir) / task / now.strftime("%Y-%m-%d")
     folder.mkdir(parents=True, exist_ok=True)
 
-    to_save = _prepare_image(image)
-    pnginfo = PngImagePlugin.PngInfo()
-    if infotext:
-        # Latin-1 text goes into tEXt; anything else into an (uncompressed) iTXt chunk, which
-        # Pillow, A1111 and browsers read the same way.
-        pnginfo.add_text(INFOTEXT_KEY, infotext)
-
+    data = encode_png(image, infotext)
     path, fd = _reserve_path(folder, seed)
     try:
         with os.fdopen(fd, "wb") as file:
-            to_save.save(file, format="PNG", pnginfo=pnginfo)
+            file.write(data)
     except BaseException:
         path.unlink(missing_ok=True)
         raise

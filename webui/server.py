@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from webui.app import AppOptions, create_blocks, create_context
+
+if TYPE_CHECKING:
+    from webui.rest import ApiOptions
 
 log = logging.getLogger("easel")
 
@@ -41,34 +44,76 @@ def memory_overrides(args: Any) -> dict[str, Any]:
     return overrides
 
 
-def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
-    """``user:password`` (several separated by commas) for Gradio's login page."""
-    if not value:
-        return None
-    pairs = []
-    for item in value.split(","):
-        user, sep, password = item.partition(":")
-        if not sep or not user or not password:
-            raise SystemExit("--auth expects USER:PASSWORD")
-        pairs.append((user, password))
-    return pairs
+def parse_auth(value: str | None, path: str | None = None, flag: str = "gradio-auth") -> list[tuple[str, str]] | None:
+    """``user:password`` pairs (commas between them) of ``--<flag>`` and ``--<flag>-path``; None when unset."""
+    from webui.rest.auth import CredentialsError, read_credentials
+
+    try:
+        pairs = read_credentials(value, path, flag)
+    except CredentialsError as exc:
+        raise SystemExit(str(exc)) from None
+    return pairs or None
+
+
+def hidden_flags(args: Any) -> dict[str, Any]:
+    """The flags as ``GET /sdapi/v1/cmd-flags`` reports them: JSON values, credentials hidden."""
+    flags: dict[str, Any] = {}
+    for key, value in sorted(vars(args).items()):
+        if "auth" in key and value:
+            value = "(set)"
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, (list, tuple, set)):
+            value = [str(item) for item in value]
+        flags[key] = value
+    return flags
+
+
+def api_options(args: Any) -> "ApiOptions":
+    """The REST API's options from launch.py's flags."""
+    from webui.rest import ApiOptions
+
+    return ApiOptions(credentials=parse_auth(args.api_auth, args.api_auth_path, "api-auth") or [],
+                      max_body_bytes=int(args.api_max_body_mb) * 1024 * 1024, cmd_flags=hidden_flags(args))
 
 
 def launch_blocks(blocks, context, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-                  auth=None, block: bool = True):
-    """Queue and launch; only the outputs folder is served besides Gradio's own cache."""
+                  auth=None, block: bool = True, api: "ApiOptions | None" = None):
+    """Queue and launch; only the outputs folder is served besides Gradio's own cache.
+
+    With ``api``, the REST API (``/sdapi/v1``, ``/easel/v1``) is served by the same server,
+    its OpenAPI document at ``/openapi.json`` and ``/docs``.
+    """
+    from webui.rest import api_middleware, install_api
+
     blocks.queue(default_concurrency_limit=4)
-    return blocks.launch(
+    app_kwargs = {"middleware": api_middleware(api), "docs_url": "/docs"} if api is not None else None
+    result = blocks.launch(
         server_name=host,
         server_port=port,
         share=share,
         auth=auth,
         allowed_paths=[str(context.outputs_dir)],
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         show_error=True,
         quiet=not block,
         footer_links=["api", "settings"],
+        app_kwargs=app_kwargs,
     )
+    if api is not None:
+        install_api(blocks.server_app, context, api)
+    if block:
+        blocks.block_thread()
+    return result
+
+
+def serve_api_only(context, api: "ApiOptions", host: str, port: int) -> None:
+    """``--nowebui``: the REST API alone on ``host:port`` (blocks until stopped)."""
+    import uvicorn
+
+    from webui.rest import create_api_app
+
+    uvicorn.run(create_api_app(context, api), host=host, port=port, log_level="info")
 
 
 def serve_app(args: Any) -> None:
@@ -78,10 +123,32 @@ def serve_app(args: Any) -> None:
     context = create_context(options_from_args(args))
     for failure in context.plugins.failures:
         log.warning("Extension %s failed (%s): %s", failure.extension, failure.stage, failure.message)
-    auth = parse_auth(args.auth)
+    gradio_auth = parse_auth(args.gradio_auth, args.gradio_auth_path, "gradio-auth")
+    api = api_options(args) if (args.api or args.nowebui) else None
     host = "0.0.0.0" if args.listen else "127.0.0.1"
-    if (args.listen or args.share) and not auth:
-        log.warning("Serving beyond this machine without --auth: anyone who can reach it can use it")
+    for warning in exposure_warnings(args, gradio_auth, api):
+        log.warning(warning)
+    shown = "127.0.0.1" if not args.listen else host
+    if args.nowebui:
+        log.info("Easel API on http://%s:%d/sdapi/v1 (docs: /docs)", shown, args.port)
+        serve_api_only(context, api, host, args.port)
+        return
     blocks = create_blocks(context)
-    log.info("Easel on http://%s:%d (models load on first use)", "127.0.0.1" if not args.listen else host, args.port)
-    launch_blocks(blocks, context, host=host, port=args.port, share=args.share, auth=auth, block=True)
+    log.info("Easel on http://%s:%d (models load on first use)%s", shown, args.port,
+             "; API at /sdapi/v1, docs at /docs" if api else "")
+    launch_blocks(blocks, context, host=host, port=args.port, share=args.share, auth=gradio_auth, block=True, api=api)
+
+
+def exposure_warnings(args: Any, gradio_auth, api: "ApiOptions | None") -> list[str]:
+    """What is reachable beyond this machine without credentials, said loudly."""
+    warnings = []
+    beyond = "on every network interface" if args.listen else "through a public share link" if args.share else ""
+    if not beyond:
+        return warnings
+    if not gradio_auth and not args.nowebui:
+        warnings.append(f"!!! The UI is served {beyond} WITHOUT A LOGIN: anyone who reaches it can use it. "
+                        "Set --gradio-auth USER:PASSWORD.")
+    if api is not None and not api.credentials:
+        warnings.append(f"!!! The REST API is served {beyond} WITHOUT AUTHENTICATION: anyone who reaches it can "
+                        "run jobs and change options. Set --api-auth USER:PASSWORD.")
+    return warnings

@@ -478,3 +478,8 @@ def make_scheduler(
     build_config = dict(config)
     build_config[BASE_CONFIG_KEY] = dict(config)
     return cls.from_config(build_config, **overrides)
+
+
+def sampler_aliases(sampler: str) -> list[str]:
+    """Other names accepted for ``sampler`` on input (A1111's ``k_...`` names), for API listings."""
+    return sorted(alias for alias, target in _ALIASES.items() if target == sampler)
