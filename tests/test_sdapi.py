@@ -393,3 +393,30 @@ def test_progress_answers_fast_during_a_long_job_and_interrupt_stops_it(api_serv
     assert "Steps: 200" in info["infotexts"][0] if info["infotexts"] else True
     final = session.get(api(api_server, "progress")).json()
     assert final["progress"] == 0.0 and interrupted_at < 200
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def test_only_outputs_are_served_whatever_the_url_encoding(api_server):
+    from urllib.parse import quote
+
+    base = api_server["base"]
+    secret = base / "data" / "secret.txt"
+    secret.write_text("do not serve me")
+    answer = api_server["session"].post(api(api_server, "txt2img"), json={**TINY, "seed": 8, "save_images": True})
+    assert answer.status_code == 200
+    saved = sorted((base / "outputs").rglob("*.png"))[-1]
+    served = requests.get(f"{api_server['url']}/gradio_api/file={saved}", timeout=30)
+    assert served.status_code == 200 and served.content == saved.read_bytes()
+    outputs = base / "outputs"
+    tries = [str(secret), f"{outputs}/../data/secret.txt", quote(f"{outputs}/../data/secret.txt", safe=""),
+             f"{outputs}/%2e%2e/data/secret.txt", f"{outputs}/%252e%252e/data/secret.txt",
+             f"{outputs}/..%2fdata%2fsecret.txt", f"{outputs}/..%5cdata%5csecret.txt", "/etc/passwd",
+             quote("/etc/passwd", safe=""), f"{outputs}/../../../../etc/passwd"]
+    for attempt in tries:
+        for prefix in ("/gradio_api/file=", "/file=", "/gradio_api/file/", "/sdapi/v1/../../gradio_api/file="):
+            response = requests.get(api_server["url"] + prefix + attempt, timeout=30)
+            assert "do not serve me" not in response.text and "root:" not in response.text, (prefix, attempt)
+            assert response.status_code != 200 or response.headers.get("content-type", "").startswith("text/html"), \
+                (prefix, attempt, response.status_code)
