@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -18,42 +17,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def make_options(base: Path, **overrides):
-    """AppOptions on throwaway folders under ``base``, CPU, no third-party entry points."""
-    from webui.app import AppOptions
-
-    options = AppOptions(
-        models_dir=base / "models",
-        outputs_dir=base / "outputs",
-        data_dir=base / "data",
-        device="cpu",
-        entry_points=False,
-    )
-    for key, value in overrides.items():
-        setattr(options, key, value)
-    (options.models_dir / "Stable-diffusion").mkdir(parents=True, exist_ok=True)
-    return options
-
-
-def start_server(options, api=None):
-    """A fresh app (context + blocks) on ``options``, served on a free port: (context, blocks, url).
-
-    ``api``: a :class:`webui.rest.ApiOptions` to serve the REST API too (``--api``).
-    """
-    from webui.app import create_blocks, create_context
-    from webui.server import launch_blocks
-
-    context = create_context(options)
-    blocks = create_blocks(context)
-    port = free_port()
-    launch_blocks(blocks, context, host="127.0.0.1", port=port, block=False, api=api)
-    return context, blocks, f"http://127.0.0.1:{port}/"
+# The fixtures extension authors get (webui.testing, loaded as a plugin by pytest.ini) are the
+# ones Easel's own tests use.
+from webui.testing import free_port, make_options, start_server  # noqa: E402,F401 - tests import them from here
 
 
 @pytest.fixture
