@@ -5,6 +5,7 @@ Written with the fixtures authors get from ``webui.testing`` (``easel_app``, ``e
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,9 @@ EXAMPLES = ROOT / "examples"
 def installed_example(tmp_path, monkeypatch):
     """``pip install examples/easel-seed-explorer`` into a folder put on sys.path (not into the venv)."""
     target = tmp_path / "site"
+    source = shutil.copytree(EXAMPLES / "easel-seed-explorer", tmp_path / "source")  # building writes beside it
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(EXAMPLES / "easel-seed-explorer")], check=True)
+                    "--no-index", "--target", str(target), str(source)], check=True)
     assert (target / "easel_seed_explorer" / "__init__.py").exists()
     monkeypatch.syspath_prepend(str(target))
     yield target
