@@ -57,7 +57,9 @@ deletes images, adds a trigger word, renames and exports a ``.zip``. Captioners:
 :func:`captioner_choices` (:class:`CaptionerChoice`: the demo shapes captioner, a tiny
 random-weight BLIP, local folders under ``models/Captioning/``, hub ids), :func:`load_captioner`
 (a :class:`Captioner`: ``caption(images, progress)``) and :func:`caption_dataset` (prefix,
-suffix, keep or overwrite).
+suffix, keep or overwrite). The offline demo domain: :func:`find_demo_shapes` and
+:func:`match_demo_shapes` (:class:`DemoShape`: box, mask, colour, kind, size of each flat
+shape in a demo image; the Background tab's demo detector).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ import pluggy
 
 from webui.config import Setting
 from webui.context import EaselContext
+from webui.demo_domain import DemoShape, find_demo_shapes, match_demo_shapes
 from webui.errors import EaselError, ExtensionError, GenerationError
 from webui.generation import prompt_arguments
 from webui.hookspecs import PROJECT_NAME
@@ -340,6 +343,9 @@ __all__ = [
     "DatasetError",
     "DatasetImage",
     "DatasetStore",
+    "DemoShape",
+    "find_demo_shapes",
+    "match_demo_shapes",
     "UploadLimits",
     "UploadReport",
     "caption_dataset",
