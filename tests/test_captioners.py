@@ -110,3 +110,10 @@ def test_captioning_a_dataset_keeps_or_overwrites_with_prefix_and_suffix(tmp_pat
     report = caption_dataset(store, "demo", ShapesCaptioner(), overwrite=True)
     assert len(report.captioned) == 3
     assert [item.caption for item in store.images("demo")] == [spec.caption() for spec in specs]
+
+
+def test_a_hub_captioner_offline_says_where_to_put_a_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: nothing downloaded before
+    with pytest.raises(ValueError, match="Offline, put a copy of the model under .*models/Captioning"):
+        load_captioner("Salesforce/blip-image-captioning-base", tmp_path / "models", device="cpu")

@@ -1,17 +1,24 @@
 """A browser-only user makes a training dataset in the Train tab: headless Debian chromium through Playwright.
 
 Upload a zip of demo-domain shape images, caption them with the shapes (demo) captioner, edit
-one caption in place, add a trigger word, download the zip -- and check the files on disk."""
+one caption in place, add a trigger word, download the zip -- and check the files on disk. Then
+train a 4-step LoRA on the demo model from that dataset and draw with it in txt2img: the image
+is judged (it still shows the colours asked for) and its infotext records the LoRA."""
 
 from __future__ import annotations
 
+import io
 import re
 import zipfile
 
 import pytest
 
-from tests.browser_support import CHROMIUM, LAUNCH_ARGS, pick, playwright_or_skip
+from PIL import Image
+
+from tests.browser_support import CHROMIUM, LAUNCH_ARGS, pick, playwright_or_skip, set_number
+from tools.demo_model.judge import judge
 from tools.demo_model.shapes import sample
+from webui.pipelines.sources import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -107,6 +114,42 @@ def test_upload_caption_and_edit_a_dataset_in_the_browser(live_server, tmp_path)
                 assert names == set(specs) | {n.replace(".png", ".txt") for n in specs}
                 assert archive.read("shape1.txt").decode() == "sks, a hand-written caption"
             page.screenshot(path=str(tmp_path / "dataset.png"), full_page=True)
+
+            if (DEMO_MODEL_DIR / "model_index.json").is_file():
+                train_and_draw(page, context, name, tmp_path)
         finally:
             browser.close()
     assert re.match(r"^sks, a (small|large) ", (folder / "shape0.txt").read_text(encoding="utf-8"))
+
+
+def train_and_draw(page, context, dataset: str, tmp_path) -> None:
+    """Train a 4-step LoRA on the demo model from ``dataset`` in the Train tab, then draw with it in txt2img."""
+    lora = "browser_shapes_lora"
+    pick(page, "train-model", DEMO_MODEL_NAME)
+    page.locator("#train-name textarea, #train-name input").first.fill(lora)
+    set_number(page, "train-resolution", "128")
+    set_number(page, "train-steps", "4")
+    page.locator("#train-start").click()
+    page.wait_for_function(
+        "() => /(done|failed|error)/.test(document.querySelector('#train-progress')?.innerText || '')",
+        timeout=600_000)
+    progress = page.locator("#train-progress").inner_text()
+    assert "done" in progress and "step 4/4" in progress, progress
+    assert (context.lora_dir / f"{lora}.safetensors").is_file()
+    config = (context.training_dir / lora / "config.json").read_text(encoding="utf-8")
+    assert str(context.datasets_dir / dataset) in config  # trained on the dataset made in the browser
+
+    page.get_by_role("tab", name="txt2img").first.click()
+    page.locator("#txt2img-prompt textarea").fill(f"a large red circle on a blue background <lora:{lora}:1>")
+    for slider, value in (("steps", "20"), ("width", "128"), ("height", "128")):
+        set_number(page, f"txt2img-{slider}", value)
+    page.locator("#txt2img-generate").click()
+    page.wait_for_function(
+        "() => (document.querySelector('#txt2img-info textarea')?.value || '').includes('Lora hashes')",
+        timeout=300_000)
+    info = page.locator("#txt2img-info textarea").input_value()
+    assert f"{lora}:" in info and f"Model: {DEMO_MODEL_NAME}" in info, info
+    served = page.request.get(page.locator("#txt2img-gallery img").first.get_attribute("src"))
+    verdict = judge(Image.open(io.BytesIO(served.body())))
+    assert (verdict.colour, verdict.background) == ("red", "blue"), verdict
+    page.screenshot(path=str(tmp_path / "txt2img-lora.png"), full_page=True)

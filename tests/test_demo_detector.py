@@ -80,3 +80,30 @@ def test_the_demo_choices_are_labelled_as_a_demo(tmp_path):
     detector = registry.find(registry.detector_choices(tmp_path), registry.DEMO_SHAPES, "detector")
     segmenter = registry.find(registry.segmenter_choices(tmp_path), registry.DEMO_SHAPES, "segmenter")
     assert "demo" in detector.label and "demo" in segmenter.label
+
+
+@pytest.mark.slow
+def test_replacing_the_background_from_a_typed_subject_offline(context):
+    """The whole Background flow offline: "the red circle" detected and segmented by the demo choices,
+    the demo model repaints the rest green, the circle comes back pixel-identical."""
+    from webui.pipelines.sources import DEMO_MODEL_DIR, DEMO_MODEL_NAME
+
+    if not (DEMO_MODEL_DIR / "model_index.json").is_file():
+        pytest.skip("the demo model is not shipped")
+    from extensions.background import masks
+    from tools.demo_model.judge import judge
+
+    image = render(ShapeSpec(shape="circle", colour="red", background="blue", size="large"), 128)
+    options = engine.ReplaceOptions(background_prompt="a large red circle on a green background",
+                                    model=DEMO_MODEL_NAME, sampler="Euler", steps=20, cfg_scale=5.0, seed=1,
+                                    work_side=128, save=False)
+    outcome = engine.run_background_job(context, engine.BackgroundJob(
+        image=image, subject_prompt="the red circle", detector=registry.DEMO_SHAPES, segmenter=registry.DEMO_SHAPES,
+        options=options))
+    assert [d.label for d in outcome.detections] == ["large red circle"]
+    judged = foreground_mask(image)
+    assert (outcome.result.mask & judged).sum() / (outcome.result.mask | judged).sum() > 0.95
+    core = masks.grow(judged, -options.erode - 1)
+    assert np.array_equal(np.asarray(outcome.result.image)[core], np.asarray(image)[core])
+    verdict = judge(outcome.result.image)
+    assert (verdict.colour, verdict.shape, verdict.background) == ("red", "circle", "green"), verdict

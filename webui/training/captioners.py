@@ -298,9 +298,8 @@ def caption_dataset(store: DatasetStore, name: str, captioner: Captioner, *, pre
     for start in range(0, total, batch_size):
         batch = todo[start:start + batch_size]
         captions = captioner.caption([open_rgb(item.path) for item in batch])
-        for item, text in zip(batch, captions):
-            store.set_caption(name, item.key, join_caption(prefix, text, suffix))
-            report.captioned.append(item.key)
+        store.set_captions(name, {item.key: join_caption(prefix, text, suffix) for item, text in zip(batch, captions)})
+        report.captioned.extend(item.key for item in batch)
         if progress is not None:
             progress(len(report.captioned), total)
     return report

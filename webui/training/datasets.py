@@ -433,14 +433,33 @@ class DatasetStore:
 
     def set_caption(self, name: str, key: str, caption: str) -> DatasetImage:
         """Store ``caption`` for one image (its ``metadata.jsonl`` row when it has one, else its ``.txt``)."""
-        item = self.image(name, key)
-        caption = " ".join((caption or "").split())  # one line: the trainer reads the whole file as the caption
-        meta = item.path.parent / METADATA_FILE
-        if item.path.name in _read_metadata(item.path.parent):
-            _rewrite_metadata(meta, {item.path.name: caption})
-        else:
-            item.path.with_suffix(CAPTION_SUFFIX).write_text(caption, encoding="utf-8")
+        self.set_captions(name, {key: caption})
         return self.image(name, key)
+
+    def set_captions(self, name: str, captions: dict[str, str]) -> None:
+        """Store several captions (``key -> caption``) with one listing of the dataset.
+
+        Each caption is made one line (the trainer reads the whole file as the caption). An
+        unknown key refuses the whole call before anything is written.
+        """
+        items = {item.key: item for item in self.images(name)}
+        unknown = [key for key in captions if key not in items]
+        if unknown:
+            raise DatasetError(f"Dataset {name!r} has no image {unknown[0]!r}")
+        metadata_changes: dict[Path, dict[str, str | None]] = {}
+        metadata_names: dict[Path, dict[str, str]] = {}
+        for key, caption in captions.items():
+            item = items[key]
+            text = " ".join((caption or "").split())
+            folder = item.path.parent
+            if folder not in metadata_names:
+                metadata_names[folder] = _read_metadata(folder)
+            if item.path.name in metadata_names[folder]:
+                metadata_changes.setdefault(folder / METADATA_FILE, {})[item.path.name] = text
+            else:
+                item.path.with_suffix(CAPTION_SUFFIX).write_text(text, encoding="utf-8")
+        for meta, changes in metadata_changes.items():
+            _rewrite_metadata(meta, changes)
 
     def delete_image(self, name: str, key: str) -> None:
         """Delete one image, its caption file and its ``metadata.jsonl`` row."""
@@ -464,15 +483,14 @@ class DatasetStore:
         if position not in ("front", "back"):
             raise DatasetError(f"Position must be 'front' or 'back', not {position!r}")
         pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
-        changed = 0
+        changes = {}
         for item in self.images(name):
             current = item.effective_caption
-            if pattern.search(current):
-                continue
-            parts = [word, current] if position == "front" else [current, word]
-            self.set_caption(name, item.key, ", ".join(part for part in parts if part))
-            changed += 1
-        return changed
+            if not pattern.search(current):
+                parts = [word, current] if position == "front" else [current, word]
+                changes[item.key] = ", ".join(part for part in parts if part)
+        self.set_captions(name, changes)
+        return len(changes)
 
     def rename(self, name: str, new_name: str) -> str:
         """Rename a dataset folder; returns the new (validated) name."""
