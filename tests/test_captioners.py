@@ -117,3 +117,20 @@ def test_a_hub_captioner_offline_says_where_to_put_a_copy(tmp_path, monkeypatch)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: nothing downloaded before
     with pytest.raises(ValueError, match="Offline, put a copy of the model under .*models/Captioning"):
         load_captioner("Salesforce/blip-image-captioning-base", tmp_path / "models", device="cpu")
+
+
+@pytest.mark.gpu
+def test_the_transformers_captioner_runs_on_a_gpu_in_half_precision(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    folder = write_tiny_blip(tmp_path / "models" / "Captioning" / "tiny-blip")
+    captioner = load_captioner("Captioning/tiny-blip", tmp_path / "models", device="cuda")
+    parameter = next(captioner.model.parameters())
+    assert parameter.device.type == "cuda" and parameter.dtype == torch.float16
+    images = [render(ShapeSpec(shape="circle", colour="red", background="blue", size="large"), 64)] * 3
+    captions = captioner.caption(images)
+    vocabulary = {word for word in TINY_WORDS if not word.startswith("[")}
+    assert len(captions) == 3 and all(text and set(text.split()) <= vocabulary for text in captions), captions
+    assert folder.is_dir()
