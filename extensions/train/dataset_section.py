@@ -134,17 +134,22 @@ def render_dataset_section(ui: UIContext, dataset_dropdown: Any, cache: Captione
     def fail(exc: Exception):
         raise gr.Error(str(exc), print_exception=False) from None
 
-    def show(name: str | None, message: str = "", pick: str = ""):
-        """Gallery, keys, status, the picked key and its caption for dataset ``name``."""
+    def grid(name: str | None, pick: str = ""):
+        """The gallery items, their keys, the picked key (kept when still there) and its caption."""
         if not name or name not in store().names():
-            return [], [], message, "", ""
+            return [], [], "", ""
         items = store().images(name)
-        grid = [(thumbnail(item.path), f"{item.key}: {item.effective_caption or '(no caption)'}") for item in items]
+        shown = [(thumbnail(item.path), f"{item.key}: {item.effective_caption or '(no caption)'}") for item in items]
         keys_now = [item.key for item in items]
         picked = pick if pick in keys_now else ""
-        picked_caption = next((item.caption for item in items if item.key == picked), "")
-        line = message or f"`{name}`: {len(items)} image(s), {sum(1 for i in items if i.effective_caption)} captioned"
-        return grid, keys_now, line, picked, picked_caption
+        return shown, keys_now, picked, next((item.caption for item in items if item.key == picked), "")
+
+    def show(name: str | None, message: str = "", pick: str = ""):
+        """Gallery, keys, status line, the picked key and its caption for dataset ``name``."""
+        shown, keys_now, picked, picked_caption = grid(name, pick)
+        if not message and keys_now:
+            message = f"`{name}`: {len(keys_now)} image(s)"
+        return shown, keys_now, message, picked, picked_caption
 
     view = [gallery, keys, status, selected, caption]
 
@@ -234,8 +239,7 @@ def render_dataset_section(ui: UIContext, dataset_dropdown: Any, cache: Captione
     create.click(create_dataset, inputs=[upload, new_name], outputs=[dataset_dropdown, upload, new_name, *view],
                  api_name="dataset_create", concurrency_id="dataset_edit")
     # a dataset picked (or made, or renamed): its grid; the status line keeps what the last action said
-    dataset_dropdown.change(lambda name: [show(name)[i] for i in (0, 1, 3, 4)], inputs=dataset_dropdown,
-                            outputs=[gallery, keys, selected, caption], api_name=False)
+    dataset_dropdown.change(grid, inputs=dataset_dropdown, outputs=[gallery, keys, selected, caption], api_name=False)
     gallery.select(pick_image, inputs=[keys, dataset_dropdown], outputs=[selected, caption], api_name=False,
                    queue=False)
     save_caption.click(save, inputs=[dataset_dropdown, selected, caption], outputs=view,
