@@ -92,3 +92,59 @@ def test_step_by_step_detect_pick_mask_and_replace(live_server, tmp_path):
         info = replace_and_read_info(page)
         assert "Steps: 2" in info
         page.screenshot(path=str(tmp_path / "background-steps.png"), full_page=True)
+
+
+def test_offline_demo_keep_the_red_circle_and_paint_the_background_green(live_server, tmp_path):
+    """Offline, end to end with meaning: the demo detector and segmenter find "the red circle" on a demo
+    image, the demo model repaints the rest, and the judged result keeps a red circle on green."""
+    from tools.demo_model.judge import foreground_mask, judge
+    from tools.demo_model.shapes import ShapeSpec, render
+    from webui.pipelines.sources import DEMO_MODEL_DIR, DEMO_MODEL_NAME
+
+    if not (DEMO_MODEL_DIR / "model_index.json").is_file():
+        pytest.skip("the demo model is not shipped")
+    import io
+
+    from PIL import ImageFilter
+
+    original = render(ShapeSpec(shape="circle", colour="red", background="blue", size="large"), 128)
+    upload = tmp_path / "demo.png"
+    original.save(upload)
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(live_server["url"], wait_until="domcontentloaded")
+            page.get_by_role("tab", name="Background").wait_for(state="visible", timeout=60_000)
+            page.get_by_role("tab", name="Background").click()
+            page.locator("#background-input input[type=file]").set_input_files(str(upload))
+            page.locator("#background-input img").first.wait_for(state="visible", timeout=30_000)
+            page.locator("#background-subject textarea").fill("the red circle")
+            page.locator("#background-prompt textarea").fill("a large red circle on a green background")
+            pick(page, "background-detector", "shapes (demo")
+            pick(page, "background-segmenter", "shapes (demo")
+            pick(page, "background-model", DEMO_MODEL_NAME)
+            pick(page, "background-sampler", "Euler")
+            for slider, value in (("background-steps", "20"), ("background-work-side", "128"),
+                                  ("background-cfg", "5")):
+                number = page.locator(f"#{slider} input[type=number]")
+                number.fill(value)
+                number.press("Enter")
+            page.locator("#background-seed input").first.fill("1")
+            page.locator("#background-detect").click()
+            page.locator("#background-keep label").first.wait_for(state="visible", timeout=60_000)
+            labels = page.locator("#background-keep label")
+            assert labels.count() == 1 and "large red circle" in labels.first.inner_text()
+            info = replace_and_read_info(page)
+            assert "Detector: shapes-demo" in info and "Segmenter: shapes-demo" in info, info
+            served = page.request.get(page.locator("#background-gallery img").first.get_attribute("src"))
+            result = Image.open(io.BytesIO(served.body())).convert("RGB")
+            page.screenshot(path=str(tmp_path / "background-demo.png"), full_page=True)
+        finally:
+            browser.close()
+    verdict = judge(result)
+    assert (verdict.colour, verdict.shape, verdict.background) == ("red", "circle", "green"), verdict
+    inside = foreground_mask(original)
+    core = np.asarray(Image.fromarray(inside.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(9))) > 0
+    assert core.sum() > 5000  # well inside the circle
+    assert np.array_equal(np.asarray(result)[core], np.asarray(original)[core])  # the circle is untouched

@@ -48,6 +48,18 @@ a tab offers components others may fill with :meth:`UIContext.share_fields`; ano
 a button with :meth:`UIContext.send_to`; :func:`resolve_sampler` splits A1111's legacy sampler
 names (``"DPM++ 2M Karras"``) into sampler and schedule type; :func:`read_image_text` reads every
 text an image carries (PNG text chunks, EXIF UserComment).
+
+Added in 1.4: datasets and captions from the browser (the Train tab's Dataset section uses
+only these). :class:`DatasetStore` creates a dataset under ``context.datasets_dir`` from
+uploaded images or one ``.zip`` (limits in :class:`UploadLimits`; unsafe archives refused
+with a :class:`DatasetError`), lists its images (:class:`DatasetImage`) and edits captions,
+deletes images, adds a trigger word, renames and exports a ``.zip``. Captioners:
+:func:`captioner_choices` (:class:`CaptionerChoice`: the demo shapes captioner, a tiny
+random-weight BLIP, local folders under ``models/Captioning/``, hub ids), :func:`load_captioner`
+(a :class:`Captioner`: ``caption(images, progress)``) and :func:`caption_dataset` (prefix,
+suffix, keep or overwrite). The offline demo domain: :func:`find_demo_shapes` and
+:func:`match_demo_shapes` (:class:`DemoShape`: box, mask, colour, kind, size of each flat
+shape in a demo image; the Background tab's demo detector).
 """
 
 from __future__ import annotations
@@ -59,6 +71,7 @@ import pluggy
 
 from webui.config import Setting
 from webui.context import EaselContext
+from webui.demo_domain import DemoShape, find_demo_shapes, match_demo_shapes
 from webui.errors import EaselError, ExtensionError, GenerationError
 from webui.generation import prompt_arguments
 from webui.hookspecs import PROJECT_NAME
@@ -105,8 +118,17 @@ from webui.plugins import API_VERSION
 from webui.queue import QueueFullError, follow_job
 from webui.tasks import flatten, mask_from_image, resize_image
 from webui.ui import forms as generation_form
+from webui.training.captioners import (
+    Captioner,
+    CaptionerChoice,
+    CaptionReport,
+    caption_dataset,
+    captioner_choices,
+    load_captioner,
+)
 from webui.training.config import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
 from webui.training.config import ConfigError as TrainingConfigError
+from webui.training.datasets import DatasetError, DatasetImage, DatasetStore, UploadLimits, UploadReport
 from webui.training.launch import TrainingProcess
 from webui.training.launch import log_tail as training_log_tail
 from webui.training.launch import read_events as read_training_events
@@ -315,6 +337,20 @@ class UIContext:
 
 __all__ = [
     "API_VERSION",
+    "CaptionReport",
+    "Captioner",
+    "CaptionerChoice",
+    "DatasetError",
+    "DatasetImage",
+    "DatasetStore",
+    "DemoShape",
+    "find_demo_shapes",
+    "match_demo_shapes",
+    "UploadLimits",
+    "UploadReport",
+    "caption_dataset",
+    "captioner_choices",
+    "load_captioner",
     "Control",
     "EaselContext",
     "EaselError",

@@ -28,11 +28,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from webui.api import match_demo_shapes
+
 from .torch_model import TorchModelHolder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Detection", "TransformersDetector", "GroundingDinoPyDetector", "install_bert_shim",
+__all__ = ["Detection", "DemoShapesDetector", "TransformersDetector", "GroundingDinoPyDetector", "install_bert_shim",
            "build_tiny_grounding_dino", "build_tiny_groundingdino_py", "clean_prompt"]
 
 TINY_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "a", "an", "the", "of", "and", "in", "on",
@@ -110,6 +112,26 @@ class TransformersDetector(TorchModelHolder):
             label = str(label).replace("[SEP]", "").replace("[CLS]", "").strip(" .")
             detections.append(Detection(tuple(_clip_box(box, image.size)), float(score), label))
         return sorted(detections, key=lambda d: -d.score)
+
+
+class DemoShapesDetector:
+    """A demo detector for the offline demo domain (flat coloured shapes on a plain background).
+
+    No weights: the demo model's judge finds each shape and reads its colour, kind and size
+    (:func:`webui.api.match_demo_shapes`), and the shapes the prompt names ("the red circle")
+    come back as boxes, scored by how well the named shape's template fits (IoU). On photos
+    it finds nothing useful -- it is labelled as a demo.
+    """
+
+    name = "shapes-demo"
+
+    def to(self, device: Any) -> "DemoShapesDetector":
+        return self  # nothing to move: no weights
+
+    def detect(self, image: Image.Image, prompt: str, box_threshold: float = 0.35,
+               text_threshold: float = 0.25) -> list[Detection]:
+        return [Detection(tuple(float(v) for v in shape.box), shape.score, shape.label)
+                for shape in match_demo_shapes(image, prompt) if shape.score >= box_threshold]
 
 
 def _clip_box(box: list[float], size: tuple[int, int]) -> list[float]:

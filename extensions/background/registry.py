@@ -1,7 +1,7 @@
 """Which detectors and segmenters a user can pick, and loading them (one of each kept, on the CPU).
 
-Choices, in order: built-in offline ones (tiny random-weight models, labelled as such, and
-GrabCut), local models under ``models/GroundingDino`` and ``models/SAM``, then the hub ids
+Choices, in order: built-in offline ones (tiny random-weight models, labelled as such, the
+demo detector and segmenter for the offline demo model's shapes, labelled as a demo, and GrabCut), local models under ``models/GroundingDino`` and ``models/SAM``, then the hub ids
 listed in ``models.json``.
 
 Local layouts understood:
@@ -32,6 +32,7 @@ TINY_DETECTOR = "tiny-grounding-dino"
 TINY_DETECTOR_PY = "tiny-groundingdino-py"
 TINY_SAM = "tiny-sam"
 TINY_SAM2 = "tiny-sam2"
+DEMO_SHAPES = "shapes-demo"
 GRABCUT = "grabcut"
 BOX = "box"
 
@@ -69,6 +70,8 @@ def detector_choices(models_dir: Path) -> list[Choice]:
                "transformers", builtin=True),
         Choice(TINY_DETECTOR_PY, "tiny groundingdino-py (random weights, offline test - boxes are meaningless)",
                "groundingdino-py", builtin=True),
+        Choice(DEMO_SHAPES, "shapes (demo: finds the demo model's coloured shapes, e.g. \"the red circle\"; "
+               "demo images only)", "demo", builtin=True),
     ]
     folder = Path(models_dir) / DETECTOR_DIR
     if folder.is_dir():
@@ -92,6 +95,7 @@ def segmenter_choices(models_dir: Path) -> list[Choice]:
         Choice(BOX, "Boxes only (no segmentation)", "box", builtin=True),
         Choice(TINY_SAM, "tiny SAM (random weights, offline test - masks are meaningless)", "sam", builtin=True),
         Choice(TINY_SAM2, "tiny SAM 2 (random weights, offline test - masks are meaningless)", "sam", builtin=True),
+        Choice(DEMO_SHAPES, "shapes (demo: the demo shape inside each box; demo images only)", "demo", builtin=True),
     ]
     folder = Path(models_dir) / SEGMENTER_DIR
     if folder.is_dir():
@@ -162,6 +166,8 @@ def _load_detector(choice: Choice, models_dir: Path) -> Any:
         return detect.build_tiny_grounding_dino()
     if choice.name == TINY_DETECTOR_PY:
         return detect.build_tiny_groundingdino_py()
+    if choice.name == DEMO_SHAPES:
+        return detect.DemoShapesDetector()
     if choice.backend == "groundingdino-py":
         bert = models_dir / DETECTOR_DIR / "bert-base-uncased"
         return detect.GroundingDinoPyDetector.load(choice.location, choice.config,
@@ -174,6 +180,8 @@ def _load_segmenter(choice: Choice) -> Any:
         return segment.GrabCutSegmenter()
     if choice.backend == "box":
         return segment.BoxSegmenter()
+    if choice.name == DEMO_SHAPES:
+        return segment.DemoShapesSegmenter()
     if choice.name == TINY_SAM:
         return segment.build_tiny_sam()
     if choice.name == TINY_SAM2:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from webui.api import find_demo_shapes
+
 from .masks import boxes_to_mask
 from .torch_model import TorchModelHolder
 
@@ -159,6 +161,30 @@ class BoxSegmenter:
 
     def segment(self, image: Image.Image, boxes: list[Box]) -> np.ndarray:
         return boxes_to_mask(boxes, image.size)
+
+
+class DemoShapesSegmenter:
+    """A demo segmenter for the offline demo domain: each box's mask is the demo shape it holds.
+
+    The shapes are found as the demo detector finds them (:func:`webui.api.find_demo_shapes`);
+    a box takes every shape whose centre lies inside it. No weights; demo images only.
+    """
+
+    name = "shapes-demo"
+    kind = "demo"
+
+    def to(self, device: Any) -> "DemoShapesSegmenter":
+        return self
+
+    def segment(self, image: Image.Image, boxes: list[Box]) -> np.ndarray:
+        result = np.zeros((image.height, image.width), dtype=bool)
+        shapes = find_demo_shapes(image)
+        for x0, y0, x1, y1 in boxes:
+            for shape in shapes:
+                centre_x, centre_y = (shape.box[0] + shape.box[2]) / 2, (shape.box[1] + shape.box[3]) / 2
+                if x0 <= centre_x <= x1 and y0 <= centre_y <= y1:
+                    result |= shape.mask
+        return result
 
 
 def build_tiny_sam2(seed: int = 0) -> SamSegmenter:

@@ -178,9 +178,9 @@ def render_background_tab(ui: UIContext) -> None:
                                    label="Schedule type", allow_custom_value=True)
         with gr.Row():
             steps = gr.Slider(1, 150, value=last.get("steps", 25), step=1, label="Steps", elem_id="background-steps")
-            cfg = gr.Slider(0, 30, value=last.get("cfg_scale", 7.0), step=0.5, label="CFG scale")
+            cfg = gr.Slider(0, 30, value=last.get("cfg_scale", 7.0), step=0.5, label="CFG scale", elem_id="background-cfg")
             strength = gr.Slider(0.05, 1.0, value=last.get("strength", 1.0), step=0.01, label="Denoising strength")
-            seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+            seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id="background-seed")
         with gr.Row():
             erode = gr.Slider(0, 32, value=last.get("erode", 2), step=1, label="Paste-back erode (px)")
             feather = gr.Slider(0, 32, value=last.get("feather", 4), step=1, label="Edge blend (px)")

@@ -15,7 +15,8 @@ Cancel works from any of them. With nothing running, a page shows the last run's
 read from its ``progress.jsonl`` under ``context.training_dir`` (also after a server restart).
 
 Datasets are picked from the folders inside ``<data-dir>/datasets`` only; the UI never takes
-a path.
+a path. The Dataset section (:mod:`.dataset_section`) creates them there from uploaded images
+or a ``.zip`` and edits them (captions, automatic captions, trigger word, rename, download).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from webui.api import (
     training_log_tail,
 )
 
-EASEL_API_VERSION = "1.3"
+from .dataset_section import CaptionerCache, dataset_settings, render_dataset_section
+
+EASEL_API_VERSION = "1.4"
 POLL_SECONDS = 1.0
 SCOPE = "train"
 FINISHED = ("done", "cancelled")
@@ -59,6 +62,7 @@ class TrainState:
 
     current: TrainingProcess | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    captioners: CaptionerCache = field(default_factory=CaptionerCache, repr=False)
 
 
 def train_state(context: EaselContext) -> TrainState:
@@ -82,6 +86,8 @@ def register_settings(register):
                      default=QUEUE_WAITS[0], kind="choice", choices=QUEUE_WAITS, section="Training",
                      help="On one GPU a job beside a training run would run out of memory; on the CPU both only slow "
                           "each other down"))
+    for setting in dataset_settings():
+        register(setting)
 
 
 QUEUE_WAITS = ["when it uses a GPU", "always", "never"]
@@ -236,7 +242,8 @@ def render_train_tab(ui: UIContext) -> None:
     models = [source.name for source in context.list_models()
               if (context.family_of(source.name) or "sd1") in ("sd1", "sd2", "sdxl", "sd3")]
 
-    gr.Markdown(f"Train a LoRA on a folder of images from `{context.datasets_dir}` (captions in `.txt` files, "
+    gr.Markdown(f"Train a LoRA on a folder of images from `{context.datasets_dir}` (upload one in the Dataset "
+                "section below, or put it there; captions in `.txt` files, "
                 "a `metadata.jsonl`, or kohya `<repeats>_<name>` folders; or DreamBooth with an instance prompt).")
     with gr.Row():
         dataset = gr.Dropdown(choices=list_datasets(context.datasets_dir), value=None, label="Dataset folder",
@@ -246,6 +253,7 @@ def render_train_tab(ui: UIContext) -> None:
                             elem_id="train-model", scale=3)
         output_name = gr.Textbox(value=last.get("output_name", "my_lora"), label="Output name", elem_id="train-name",
                                  scale=2)
+    render_dataset_section(ui, dataset, state.captioners)
     with gr.Row():
         instance_prompt = gr.Textbox(value=last.get("instance_prompt", ""), label="Instance prompt (DreamBooth)",
                                      placeholder="a photo of sks dog", scale=3)
