@@ -671,6 +671,8 @@ class LoraTrainer:
         diffusers folder ``Stable-diffusion/<name>/``, written beside and swapped in atomically."""
         import shutil
 
+        from webui.pipelines.text_encoder_keys import save_pipeline
+
         target = self.config.output_file
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.parent / f".{target.name}-saving"
@@ -681,7 +683,8 @@ class LoraTrainer:
             self.ema.store(params)
             self.ema.copy_to(params)
         try:
-            self.pipe.save_pretrained(str(staging), safe_serialization=True)
+            # the text encoders under the official checkpoints' key names (``text_model.*``)
+            save_pipeline(self.pipe, staging)
         finally:
             if self.ema is not None:
                 self.ema.restore(params)
