@@ -116,10 +116,13 @@ def test_train_tab_full_finetune_lands_in_the_model_list(server):
     client, context = server["client"], server["context"]
     progress, _plot, _gallery, _log = client.predict(**dict(TRAIN_ARGS, output_name="tab_full", max_steps=2,
                                                             checkpoint_every=0, validation_prompts="",
-                                                            mode="full", use_ema=True), api_name="/train_start")
+                                                            mode="full", use_ema=True, full_output_format="both"),
+                                                     api_name="/train_start")
     assert "done" in progress and "Stable-diffusion" in progress, progress
     assert (context.models_dir / "Stable-diffusion" / "tab_full" / "model_index.json").is_file()
-    assert "tab_full" in [source.name for source in context.list_models()]
+    assert (context.models_dir / "Stable-diffusion" / "tab_full.safetensors").is_file()
+    names = [source.name for source in context.list_models()]
+    assert "tab_full" in names and "tab_full.safetensors" in names
     assert not (context.lora_dir / "tab_full.safetensors").exists()
 
 

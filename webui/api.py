@@ -105,7 +105,7 @@ from webui.plugins import API_VERSION
 from webui.queue import QueueFullError, follow_job
 from webui.tasks import flatten, mask_from_image, resize_image
 from webui.ui import forms as generation_form
-from webui.training.config import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
+from webui.training.config import FULL_OUTPUT_FORMATS, LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
 from webui.training.config import ConfigError as TrainingConfigError
 from webui.training.launch import TrainingProcess
 from webui.training.launch import log_tail as training_log_tail
@@ -336,6 +336,7 @@ __all__ = [
     "png_to_image",
     "resize_image",
     "GenerationError",
+    "FULL_OUTPUT_FORMATS",
     "LR_SCHEDULERS",
     "MIXED_PRECISION",
     "GenerationRequest",

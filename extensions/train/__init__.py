@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.api import (
+    FULL_OUTPUT_FORMATS,
     LR_SCHEDULERS,
     MIXED_PRECISION,
     EaselContext,
@@ -44,6 +45,11 @@ from webui.api import (
 EASEL_API_VERSION = "1.3"
 POLL_SECONDS = 1.0
 SCOPE = "train"
+# how a full fine-tune is saved (TrainConfig.full_output_format)
+FULL_OUTPUT_FORMAT_LABELS = {"diffusers": "diffusers folder",
+                             "safetensors": "single .safetensors checkpoint (A1111, Forge, ComfyUI)",
+                             "both": "both"}
+FULL_OUTPUT_FORMAT_CHOICES = [(FULL_OUTPUT_FORMAT_LABELS.get(value, value), value) for value in FULL_OUTPUT_FORMATS]
 FINISHED = ("done", "cancelled")
 ENDED = (*FINISHED, "error")  # the trainer's last events: after one of these it only exits
 EXIT_GRACE_SECONDS = 60.0
@@ -287,6 +293,9 @@ def render_train_tab(ui: UIContext) -> None:
                         label="Mode", elem_id="train-mode")
         use_ema = gr.Checkbox(value=False, label="EMA (full fine-tune)", elem_id="train-ema")
         qlora = gr.Checkbox(value=False, label="QLoRA: NF4-quantized base (CUDA + bitsandbytes)", elem_id="train-qlora")
+        full_output_format = gr.Dropdown(choices=FULL_OUTPUT_FORMAT_CHOICES,
+                                         value=last.get("full_output_format", "diffusers"),
+                                         label="Full fine-tune saved as", elem_id="train-full-format")
     with gr.Row():
         start = gr.Button("Start", variant="primary", elem_id="train-start")
         cancel = gr.Button("Cancel", elem_id="train-cancel")
@@ -307,7 +316,7 @@ def render_train_tab(ui: UIContext) -> None:
                 checkpointing=checkpointing, adam8=adam8, text_encoder=text_encoder, min_snr=min_snr,
                 noise_offset=noise_offset, seed=seed, random_flip=random_flip, center_crop=center_crop,
                 bucketing=bucketing, validation_prompts=validation_prompts, validation_every=validation_every,
-                mode=mode, use_ema=use_ema, qlora=qlora)
+                mode=mode, use_ema=use_ema, qlora=qlora, full_output_format=full_output_format)
     outputs = [progress, loss_plot, gallery, log_box]
 
     def build_config(values: dict[str, Any], *, resume_run: bool) -> TrainConfig:
@@ -333,6 +342,7 @@ def render_train_tab(ui: UIContext) -> None:
             validation_prompts=[line.strip() for line in (v["validation_prompts"] or "").splitlines() if line.strip()],
             validation_every=int(v["validation_every"] or 0), resume=resume_run, mode=mode_value,
             use_ema=bool(v.get("use_ema")) and mode_value == "full",
+            full_output_format=(v.get("full_output_format") or "diffusers") if mode_value == "full" else "diffusers",
             quantize_base="nf4" if v.get("qlora") else "none", device="auto",
         )
         config.validate()
@@ -380,7 +390,7 @@ def render_train_tab(ui: UIContext) -> None:
                                 "instance_prompt": config.instance_prompt, "use_captions": config.use_captions,
                                 "resolution": config.resolution, "rank": config.rank, "alpha": config.alpha,
                                 "learning_rate": config.learning_rate, "max_steps": config.max_steps,
-                                "mode": config.mode})
+                                "mode": config.mode, "full_output_format": config.full_output_format})
             process = TrainingProcess(config, num_processes=int(context.settings.get("train.num_processes", 1)))
             process.start(fresh=not resume_run)
             state.current = process
