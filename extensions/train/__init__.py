@@ -42,7 +42,7 @@ from webui.api import (
     training_log_tail,
 )
 
-EASEL_API_VERSION = "1.3"
+EASEL_API_VERSION = "1.4"
 POLL_SECONDS = 1.0
 SCOPE = "train"
 # how a full fine-tune is saved (TrainConfig.full_output_format)
