@@ -143,3 +143,17 @@ def test_hub_downloads_are_refused_offline_and_for_pickles(tmp_path):
     with pytest.raises(DownloadError, match="not a hub repository id"):
         download_hub("../x", "checkpoint", tmp_path / "models", policy=LOCAL)
     assert not list((tmp_path / "models").rglob("*.safetensors"))
+
+
+def test_the_address_is_checked_on_the_connection_itself(server, tmp_path, monkeypatch):
+    """A host that resolved to a public address when checked and to a loopback one when connecting
+    (DNS rebinding), or a redirect to a LAN address: the connection's own peer address is refused."""
+    import webui.pipelines.downloads as downloads
+
+    monkeypatch.setattr(downloads, "_check_host_resolves_publicly", lambda parts, policy: None)
+    listening = DownloadPolicy(listening=True, authenticated=True, allow_http=True)
+    with pytest.raises(DownloadError, match="private, loopback or link-local"):
+        download_url(server.url + "/redirect/m/model.safetensors", "checkpoint", tmp_path / "models",
+                     policy=listening)
+    assert server.requests == []  # refused right after connecting, before the request was sent
+    assert not (tmp_path / "models").exists()
