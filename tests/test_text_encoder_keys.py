@@ -122,3 +122,15 @@ def test_save_pipeline_writes_official_text_encoder_names(tmp_path):
     with torch.no_grad():
         ids = torch.tensor([[0, 3, 4, 1]])
         assert torch.equal(again.text_encoder(ids).last_hidden_state, pipe.text_encoder(ids).last_hidden_state)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-sdxl"])
+def test_tiny_model_folders_use_official_names(name, tmp_path):
+    from webui.pipelines.tiny import save_tiny_pipeline
+
+    folder = save_tiny_pipeline(name, tmp_path / name)
+    files = sorted(folder.glob("text_encoder*/model.safetensors"))
+    assert len(files) == (2 if name == "tiny-sdxl" else 1)
+    for path in files:
+        keys = keys_of(path)
+        assert keys and all(k.startswith(("text_model.", "text_projection.")) for k in keys), (path, keys[:3])

@@ -30,7 +30,9 @@ Full fine-tune (``mode="full"``): the whole UNet / SD3 transformer trains in fp3
 mixed precision), optionally with an EMA of its weights (``diffusers.training_utils.EMAModel``,
 kept in the checkpoints and saved as the model); the result is the base pipeline with the
 trained denoiser, saved as a diffusers folder ``<models_dir>/Stable-diffusion/<output_name>/``
-(``save_pretrained(safe_serialization=True)``, staged and swapped in) that txt2img lists.
+(``save_pretrained(safe_serialization=True)`` with the text encoders under the official
+``text_model.*`` key names, staged and swapped in) that txt2img lists, and/or, as
+``full_output_format`` asks, as one original-layout checkpoint ``<output_name>.safetensors``.
 
 The LoRA goes to ``<models_dir>/Lora/<output_name>.safetensors``: kohya keys (``lora_unet_...``,
 ``lora_down``/``lora_up``, ``.alpha``) for SD1/SD2/SDXL, which AUTOMATIC1111, ComfyUI and
