@@ -95,8 +95,11 @@ def test_export_a_listed_folder_to_one_file_that_easel_lists_and_draws(make_cont
 @pytest.fixture
 def page_server(tmp_path):
     from tests.conftest import make_options, start_server
+    from webui.pipelines.tiny import save_tiny_pipeline
 
-    context, blocks, url = start_server(make_options(tmp_path / "app", allow_lan_downloads=True))
+    options = make_options(tmp_path / "app", allow_lan_downloads=True)
+    save_tiny_pipeline("tiny", options.models_dir / "Stable-diffusion" / "my-folder")  # for the export form
+    context, blocks, url = start_server(options)
     try:
         yield context, url
     finally:
@@ -104,7 +107,7 @@ def page_server(tmp_path):
 
 
 @pytest.mark.slow
-def test_download_through_the_page_api_shows_the_sha256_and_lists_the_model(page_server, model_server):
+def test_download_and_export_through_the_page_api(page_server, model_server):
     from gradio_client import Client
 
     context, url = page_server
@@ -120,6 +123,11 @@ def test_download_through_the_page_api_shows_the_sha256_and_lists_the_model(page
 
     with pytest.raises(AppError, match="pickle"):
         client.predict(model_server.url + "/files/mini.ckpt", "checkpoint", "", "", api_name="/models_download")
+
+    status, table = client.predict("my-folder", "", False, api_name="/models_export")
+    assert "Exported **my-folder.safetensors**" in status
+    assert (context.models_dir / "Stable-diffusion" / "my-folder.safetensors").is_file()
+    assert any(row[1] == "my-folder.safetensors" and row[5] == "export: my-folder" for row in table["data"])
 
 
 @pytest.mark.slow
@@ -144,3 +152,14 @@ def test_download_in_the_browser_then_txt2img_lists_the_model(page_server, model
         field.click()
         field.fill("mini")
         page.get_by_role("option", name="mini.safetensors").first.wait_for(timeout=10_000)
+
+
+def test_listing_without_computing_hashes_reads_no_weights(make_context):
+    from webui.pipelines.tiny import save_tiny_pipeline
+
+    context = make_context()
+    save_tiny_pipeline("tiny", context.models_dir / "Stable-diffusion" / "folder-model")
+    assert [row.sha256 for row in context.local_models(compute_hashes=False)] == [""]
+    computed = context.local_models()[0].sha256
+    assert len(computed) == 64
+    assert [row.sha256 for row in context.local_models(compute_hashes=False)] == [computed]  # cached now

@@ -163,18 +163,19 @@ class EaselContext:
 
         return OriginRecord(self.origins_file, self.models_dir)
 
-    def local_models(self) -> list["LocalModel"]:
+    def local_models(self, compute_hashes: bool = True) -> list["LocalModel"]:
         """Every local checkpoint, LoRA and VAE with size, family, SHA-256 and origin (API 1.4).
 
         Hashes come from the app's hash cache: a large file is read once per version, so the
-        first listing after a new file arrives takes a moment.
+        first listing after a new file arrives takes a moment. With ``compute_hashes`` off, only
+        hashes already known are given (``""`` for the others) and no weights are read.
         """
         from webui.models_store import list_local_models
         from webui.pipelines.hashing import HashCache
 
         cache = self.pipelines.hash_cache or HashCache(self.data_dir / "hashes.json")
         return list_local_models(self.models_dir, cache, self._origins(),
-                                 allow_pickle=self.pipelines.catalog.allow_pickle)
+                                 allow_pickle=self.pipelines.catalog.allow_pickle, compute_hashes=compute_hashes)
 
     def download_model(self, source: str, kind: str = "checkpoint", *, filename: str | None = None,
                        sha256: str | None = None, progress: "ProgressCallback | None" = None) -> "DownloadResult":

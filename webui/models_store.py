@@ -103,7 +103,7 @@ class LocalModel:
     path: Path
     size_bytes: int
     family: str  # "sd1", "sdxl", ... or "" when it cannot be told
-    sha256: str  # full SHA-256 of the file (of the UNet / transformer weights for a diffusers folder)
+    sha256: str  # full SHA-256 of the file (of the UNet / transformer weights for a diffusers folder); "" not computed
     origin: Origin | None = None
     is_folder: bool = False
     notes: list[str] = field(default_factory=list)
@@ -177,10 +177,19 @@ def _files_of(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
 
 
 def list_local_models(models_dir: Path, hash_cache: HashCache, origins: OriginRecord | None = None,
-                      allow_pickle: bool = False, kinds: tuple[str, ...] = tuple(MODEL_FOLDERS)) -> list[LocalModel]:
+                      allow_pickle: bool = False, kinds: tuple[str, ...] = tuple(MODEL_FOLDERS),
+                      compute_hashes: bool = True) -> list[LocalModel]:
     """Every local checkpoint, LoRA and VAE under ``models_dir`` (A1111 layout), with size, family,
-    SHA-256 and origin. Hashes come from ``hash_cache`` (a large file is read once per version)."""
+    SHA-256 and origin. Hashes come from ``hash_cache`` (a large file is read once per version);
+    with ``compute_hashes`` off only hashes already in the cache are given (nothing is read), the
+    others are ""."""
     models_dir = Path(models_dir)
+
+    def sha256_of(path: Path | None) -> str:
+        if path is None:
+            return ""
+        return hash_cache.sha256(path) if compute_hashes else (hash_cache.cached(path) or "")
+
     suffixes = _weight_suffixes(allow_pickle)
     rows: list[LocalModel] = []
 
@@ -193,18 +202,18 @@ def list_local_models(models_dir: Path, hash_cache: HashCache, origins: OriginRe
             if source.kind == "folder":
                 weights = denoiser_weights_file(path)
                 rows.append(LocalModel("checkpoint", source.name, path, folder_size(path), _checkpoint_family(source),
-                                       hash_cache.sha256(weights) if weights else "", origin_of(path),
+                                       sha256_of(weights), origin_of(path),
                                        is_folder=True))
             else:
                 rows.append(LocalModel("checkpoint", source.name, path, path.stat().st_size,
-                                       _checkpoint_family(source), hash_cache.sha256(path), origin_of(path)))
+                                       _checkpoint_family(source), sha256_of(path), origin_of(path)))
     for kind, family_of in (("lora", lora_family), ("vae", vae_family)):
         if kind not in kinds:
             continue
         folder = models_dir / MODEL_FOLDERS[kind]
         for path in _files_of(folder, suffixes):
             rows.append(LocalModel(kind, path.relative_to(folder).as_posix(), path, path.stat().st_size,
-                                   family_of(path), hash_cache.sha256(path), origin_of(path)))
+                                   family_of(path), sha256_of(path), origin_of(path)))
     return rows
 
 

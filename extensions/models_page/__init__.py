@@ -28,14 +28,19 @@ from webui.api import (
 
 EASEL_API_VERSION = "1.4"
 HEADERS = ["Kind", "Name", "Size", "Family", "SHA-256", "Origin"]
+NOT_HASHED = "(Refresh computes it)"
 KIND_LABELS = {"checkpoint": "Checkpoint (Stable-diffusion/)", "lora": "LoRA (Lora/)", "vae": "VAE (VAE/)"}
 
 
-def model_rows(ui: UIContext) -> list[list[str]]:
-    """One row per local model: kind, name (``/`` marks a diffusers folder), size, family, SHA-256, origin."""
+def model_rows(ui: UIContext, compute_hashes: bool = True) -> list[list[str]]:
+    """One row per local model: kind, name (``/`` marks a diffusers folder), size, family, SHA-256, origin.
+
+    Without ``compute_hashes`` (when a page opens) a hash not computed before shows as
+    "(Refresh computes it)": reading every large file on each page load would hold the page.
+    """
     return [[row.kind, row.name + ("/" if row.is_folder else ""), format_size(row.size_bytes), row.family or "?",
-             row.sha256, row.origin.describe() if row.origin else "local file"]
-            for row in ui.context.local_models()]
+             row.sha256 or NOT_HASHED, row.origin.describe() if row.origin else "local file"]
+            for row in ui.context.local_models(compute_hashes=compute_hashes)]
 
 
 def folder_choices(ui: UIContext) -> list[tuple[str, str]]:
@@ -71,7 +76,7 @@ def render_models_tab(ui: UIContext) -> None:
                 "`Lora/`, VAEs in `VAE/`. The SHA-256 is of the file (of the UNet / transformer weights for a "
                 "folder); AUTOMATIC1111 shows its first 10 digits.")
     table = gr.Dataframe(value=[], headers=HEADERS, interactive=False, wrap=True, elem_id="models-table")
-    refresh = gr.Button("Refresh", elem_id="models-refresh")
+    refresh = gr.Button("Refresh (computes missing hashes)", elem_id="models-refresh")
 
     with gr.Accordion("Download a model", open=True):
         gr.Markdown("An `https://` URL, or a hub id `owner/name`: with a file name, that one file; without, the "
@@ -143,7 +148,7 @@ def render_models_tab(ui: UIContext) -> None:
         return f"Exported **{path.name}** to `Stable-diffusion/` · {size}", model_rows(ui)
 
     refresh.click(list_models, outputs=table, api_name="models_list")
-    ui.on_page_load(list_models, outputs=table, api_name=False)
+    ui.on_page_load(lambda: model_rows(ui, compute_hashes=False), outputs=table, api_name=False)
     downloaded = download.click(download_model, inputs=[source, kind, filename, expected],
                                 outputs=[download_status, table], api_name="models_download")
     ui.refresh_model_lists_after(downloaded)

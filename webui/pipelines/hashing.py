@@ -61,11 +61,24 @@ class HashCache:
         except (OSError, ValueError):
             self._entries = {}
 
-    def sha256(self, file: Path) -> str:
-        """The file's full SHA-256, computed once per (path, size, mtime)."""
+    @staticmethod
+    def _key(file: Path) -> tuple[Path, str]:
         file = Path(file).resolve()
         stat = file.stat()
-        key = f"{file}|{stat.st_size}|{stat.st_mtime_ns}"
+        return file, f"{file}|{stat.st_size}|{stat.st_mtime_ns}"
+
+    def cached(self, file: Path) -> str | None:
+        """The file's SHA-256 if it was computed before (nothing is read), else None."""
+        try:
+            _, key = self._key(file)
+        except OSError:
+            return None
+        with self._lock:
+            return self._entries.get(key)
+
+    def sha256(self, file: Path) -> str:
+        """The file's full SHA-256, computed once per (path, size, mtime)."""
+        file, key = self._key(file)
         with self._lock:
             if key in self._entries:
                 return self._entries[key]
