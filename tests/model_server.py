@@ -1,13 +1,15 @@
 """A local HTTP server of model files for the download tests (http.server in a thread).
 
 It answers ``Range`` requests (206 with ``Content-Range``), can cut the connection after a
-number of bytes for the first responses of a path (a lost connection), redirects
+number of bytes for the first responses of a path (a lost connection), send a body slowly
+(``slow``: for progress bars to be seen), redirects
 ``/redirect/<path>`` to ``<path>``, and records the requests it got.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,6 +20,7 @@ class ModelServer:
     cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before the cut
     cuts_left: dict[str, int] = field(default_factory=dict)  # path -> how many responses are still cut
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+    slow: dict[str, float] = field(default_factory=dict)  # path -> seconds the body takes (20 pieces)
     url: str = ""
     _server: ThreadingHTTPServer | None = None
 
@@ -71,6 +74,13 @@ class ModelServer:
                     self.wfile.write(body[: owner.cut_after[path]])
                     self.wfile.flush()
                     self.close_connection = True
+                    return
+                if path in owner.slow:
+                    piece = max(1, len(body) // 20)
+                    for offset in range(0, len(body), piece):
+                        self.wfile.write(body[offset:offset + piece])
+                        self.wfile.flush()
+                        time.sleep(owner.slow[path] / 20)
                     return
                 self.wfile.write(body)
 

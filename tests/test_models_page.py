@@ -5,6 +5,7 @@ download form (gradio_client and Chromium) after which txt2img's model list show
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 import torch
@@ -138,11 +139,14 @@ def test_download_in_the_browser_then_txt2img_lists_the_model(page_server, model
     playwright_api = playwright_or_skip()
     context, url = page_server
     sha = hashlib.sha256(model_server.files["/files/mini.safetensors"]).hexdigest()
+    model_server.slow["/files/mini.safetensors"] = 4.0  # long enough to see the progress bar move
     with open_app(playwright_api, url) as page:
         page.get_by_role("tab", name="Models", exact=True).first.click()
         page.locator("#models-source textarea, #models-source input").first.fill(
             model_server.url + "/files/mini.safetensors")
         page.locator("#models-download").click()
+        # the progress bar's text: "<file>: <done> of <total>"
+        page.get_by_text(re.compile(r"mini\.safetensors: [\d.]+ \w+ of [\d.]+ \w+")).first.wait_for(timeout=30_000)
         status = page.locator("#models-download-status")
         status.get_by_text(sha).wait_for(timeout=60_000)
         assert "mini.safetensors" in page.locator("#models-table").inner_text()

@@ -338,7 +338,7 @@ def download_url(url: str, kind: str, models_dir: Path, *, policy: DownloadPolic
             try:
                 with open(part, "ab" if start else "wb") as handle:
                     while True:
-                        chunk = response.read(chunk_size)
+                        chunk = response.read1(chunk_size)  # what has arrived: progress keeps moving
                         if not chunk:
                             break
                         handle.write(chunk)
