@@ -44,6 +44,24 @@ def load_strictly(folder) -> CLIPTextModel:
     return model
 
 
+class Transformers4Layout(torch.nn.Module):
+    """The module tree of transformers 4's ``CLIPTextModel`` (``text_model`` = the text transformer):
+    a strict ``load_state_dict`` into it succeeds only with the official key names."""
+
+    def __init__(self, config: CLIPTextConfig) -> None:
+        super().__init__()
+        self.text_model = CLIPTextModel(config)
+
+
+def load_as_transformers_4(folder) -> Transformers4Layout:
+    model = Transformers4Layout(CLIPTextConfig.from_pretrained(folder)).float().eval()
+    tensors = load_file(str(folder / "model.safetensors"))
+    buffers = {name for name, _ in model.named_buffers()}
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
+    assert not unexpected and set(missing) <= buffers, (missing[:3], unexpected[:3])
+    return model
+
+
 def load_with_transformers(folder) -> CLIPTextModel:
     model, info = CLIPTextModel.from_pretrained(folder, output_loading_info=True, dtype=torch.float32)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
@@ -67,7 +85,9 @@ def test_shipped_demo_text_encoder_has_official_names_and_loads_its_trained_weig
     with torch.no_grad():
         loaded = load_with_transformers(folder)(TOKENS).last_hidden_state
         reference = load_strictly(folder)(TOKENS).last_hidden_state
+        old_layout = load_as_transformers_4(folder).text_model(TOKENS).last_hidden_state
         random = CLIPTextModel(CLIPTextConfig.from_pretrained(folder)).eval()(TOKENS).last_hidden_state
+    assert torch.equal(old_layout, reference)  # transformers 4's module names read the same weights
     assert torch.equal(loaded, reference)
     assert (loaded - random).abs().max() > 0.1  # the trained weights, not a fresh initialisation
 
