@@ -163,6 +163,7 @@ def summarize(events: list[dict[str, Any]]) -> dict[str, Any]:
             summary["message"] = f"Generating {event['want'] - event['have']} class images…"
         elif kind in ("done", "cancelled", "error"):
             summary["status"] = kind
+            summary["single_file"] = event.get("single_file", "")
             summary["message"] = event.get("message") or event.get("output") or event.get("checkpoint") or ""
     return summary
 
@@ -199,7 +200,12 @@ def progress_text(summary: dict[str, Any], name: str) -> str:
     if summary["message"]:
         line += f"\n\n{summary['message']}"
     if status == "done" and summary.get("mode") == "full":
-        line += f"\n\nModel **{name}** saved to Stable-diffusion; pick it in txt2img's model list."
+        single_file = summary.get("single_file") or ""
+        if summary["message"] != single_file:  # the diffusers folder was written (formats diffusers, both)
+            line += f"\n\nModel **{name}** saved to Stable-diffusion; pick it in txt2img's model list."
+        if single_file:
+            line += (f"\n\nCheckpoint **{Path(single_file).name}** saved to Stable-diffusion (one file that "
+                     "AUTOMATIC1111, Forge and ComfyUI load); txt2img lists it too.")
     elif status == "done":
         line += f"\n\nLoRA **{name}** saved; pick it in txt2img (LoRA) or write `<lora:{name}:1>`."
     if status == "cancelled" or (status in ("interrupted", "failed") and summary.get("checkpoint")):

@@ -866,8 +866,10 @@ class LoraTrainer:
             result.validation_images = self.validation(step) or result.validation_images
         self.accelerator.wait_for_everyone()
         result.status = "done"
+        single_file = self.config.single_file_output
         self.log("done", step=step, output=str(self.config.output_file), eval_loss_start=result.eval_loss_start,
-                 eval_loss_end=result.eval_loss_end, skipped=[name for name, _ in result.skipped])
+                 eval_loss_end=result.eval_loss_end, skipped=[name for name, _ in result.skipped],
+                 **({"single_file": str(single_file)} if single_file is not None else {}))
         return result
 
 
