@@ -20,7 +20,8 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 @pytest.fixture
 def server():
-    files = {"/m/model.safetensors": PAYLOAD, "/m/lora.safetensors": PAYLOAD[:1000], "/m/model.ckpt": PAYLOAD}
+    files = {"/m/model.safetensors": PAYLOAD, "/m/lora.safetensors": PAYLOAD[:1000], "/m/model.ckpt": PAYLOAD,
+             "/m/page": b"<html>not a model</html>"}
     running = ModelServer(files).start()
     yield running
     running.stop()
@@ -52,6 +53,8 @@ def test_kind_picks_the_folder_and_content_disposition_names_the_file(server, tm
     with pytest.raises(DownloadError, match="already in"):
         download_url(server.url + "/m/lora.safetensors", "vae", tmp_path / "models", policy=LOCAL,
                      filename="my-vae.safetensors")
+    with pytest.raises(DownloadError, match="names no file"):
+        download_url(server.url + "/m/page", "lora", tmp_path / "models", policy=LOCAL)
     with pytest.raises(DownloadError, match="plain file name"):
         download_url(server.url + "/m/lora.safetensors", "vae", tmp_path / "models", policy=LOCAL,
                      filename="../escape.safetensors")

@@ -320,7 +320,11 @@ def download_url(url: str, kind: str, models_dir: Path, *, policy: DownloadPolic
             raise DownloadError(f"Cannot reach {parts.hostname}: {reason}") from exc
         with response:
             if not name:
-                name = safe_filename(_filename_from_headers(response.headers) or "")
+                named = _filename_from_headers(response.headers)
+                if not named:
+                    raise DownloadError(f"{url} names no file (no .safetensors name in the URL or in the server's "
+                                        "answer); give the file name to save it as.")
+                name = safe_filename(named)
                 policy.check_suffix(name)
                 continue  # now that the name (and so the .part) is known, start again
             status = response.status
