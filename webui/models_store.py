@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,6 @@ class LocalModel:
     sha256: str  # full SHA-256 of the file (of the UNet / transformer weights for a diffusers folder); "" not computed
     origin: Origin | None = None
     is_folder: bool = False
-    notes: list[str] = field(default_factory=list)
 
     @property
     def short_hash(self) -> str:
