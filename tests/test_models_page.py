@@ -151,11 +151,15 @@ def test_download_in_the_browser_then_txt2img_lists_the_model(page_server, model
         status.get_by_text(sha).wait_for(timeout=60_000)
         assert "mini.safetensors" in page.locator("#models-table").inner_text()
 
-        page.get_by_role("tab", name="txt2img", exact=True).first.click()
-        field = page.locator("#txt2img-model input").first
-        field.click()
-        field.fill("mini")
-        page.get_by_role("option", name="mini.safetensors").first.wait_for(timeout=10_000)
+        # every model list of every tab (registered with ui.register_model_list) shows it now
+        for tab, list_id in (("txt2img", "txt2img-model"), ("img2img", "img2img-model"),
+                             ("Background", "background-model"), ("Train", "train-model")):
+            page.get_by_role("tab", name=tab, exact=True).first.click()
+            field = page.locator(f"#{list_id} input").first
+            field.click()
+            field.fill("mini")
+            page.get_by_role("option", name="mini.safetensors").first.wait_for(timeout=10_000)
+            field.press("Escape")
 
 
 def test_listing_without_computing_hashes_reads_no_weights(make_context):

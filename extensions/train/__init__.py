@@ -245,8 +245,12 @@ def render_train_tab(ui: UIContext) -> None:
     context.datasets_dir.mkdir(parents=True, exist_ok=True)
     last = ui.last_used(SCOPE)
     state = train_state(context)
-    models = [source.name for source in context.list_models()
-              if (context.family_of(source.name) or "sd1") in ("sd1", "sd2", "sdxl", "sd3")]
+    def trainable_models() -> list[str]:
+        """The listed models of a family the trainer supports."""
+        return [source.name for source in context.list_models()
+                if (context.family_of(source.name) or "sd1") in ("sd1", "sd2", "sdxl", "sd3")]
+
+    models = trainable_models()
 
     gr.Markdown(f"Train a LoRA on a folder of images from `{context.datasets_dir}` (captions in `.txt` files, "
                 "a `metadata.jsonl`, or kohya `<repeats>_<name>` folders; or DreamBooth with an instance prompt).")
@@ -256,6 +260,7 @@ def render_train_tab(ui: UIContext) -> None:
         refresh = gr.Button("Refresh", scale=0, min_width=80)
         model = gr.Dropdown(choices=models, value=last.get("model", context.default_model), label="Base model",
                             elem_id="train-model", scale=3)
+        ui.register_model_list(model, trainable_models)  # a downloaded model can be trained on at once
         output_name = gr.Textbox(value=last.get("output_name", "my_lora"), label="Output name", elem_id="train-name",
                                  scale=2)
     with gr.Row():
