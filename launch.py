@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                         help="GPU memory Easel may use (e.g. 6GB); offload 'auto' picks the mode that fits")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="also list and load .ckpt/.pt pickle checkpoints (they can run arbitrary code)")
+    parser.add_argument("--allow-downloads", action="store_true",
+                        help="let the Models page download while serving beyond localhost without --auth")
+    parser.add_argument("--allow-lan-downloads", action="store_true",
+                        help="let the Models page download from private/LAN addresses and plain http:// URLs "
+                             "(refused by default when serving beyond localhost)")
     parser.add_argument("--skip-install", action="store_true", help="do not check or install requirements")
     parser.add_argument("--test", action="store_true",
                         help="set up, then run the test suite; arguments after -- go to pytest")

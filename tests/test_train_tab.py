@@ -116,10 +116,14 @@ def test_train_tab_full_finetune_lands_in_the_model_list(server):
     client, context = server["client"], server["context"]
     progress, _plot, _gallery, _log = client.predict(**dict(TRAIN_ARGS, output_name="tab_full", max_steps=2,
                                                             checkpoint_every=0, validation_prompts="",
-                                                            mode="full", use_ema=True), api_name="/train_start")
-    assert "done" in progress and "Stable-diffusion" in progress, progress
+                                                            mode="full", use_ema=True, full_output_format="both"),
+                                                     api_name="/train_start")
+    assert "done" in progress and "Model **tab_full** saved" in progress, progress
+    assert "Checkpoint **tab_full.safetensors** saved" in progress, progress
     assert (context.models_dir / "Stable-diffusion" / "tab_full" / "model_index.json").is_file()
-    assert "tab_full" in [source.name for source in context.list_models()]
+    assert (context.models_dir / "Stable-diffusion" / "tab_full.safetensors").is_file()
+    names = [source.name for source in context.list_models()]
+    assert "tab_full" in names and "tab_full.safetensors" in names
     assert not (context.lora_dir / "tab_full.safetensors").exists()
 
 
@@ -238,3 +242,20 @@ def test_image_jobs_wait_while_a_training_run_holds_the_device_and_say_why(serve
     assert len(gallery) == 1
     train_hold.unlink()
     run.result(timeout=600)
+
+
+def test_the_done_line_names_what_a_full_fine_tune_wrote():
+    from extensions.train import progress_text, summarize
+
+    def done_line(output, single_file=None):
+        events = [{"event": "start", "total_steps": 2, "mode": "full"},
+                  {"event": "done", "step": 2, "output": output, **({"single_file": single_file} if single_file else {})}]
+        return progress_text(summarize(events), "ft")
+
+    only_file = done_line("/m/Stable-diffusion/ft.safetensors", "/m/Stable-diffusion/ft.safetensors")
+    assert "Checkpoint **ft.safetensors** saved" in only_file
+    assert "Model **ft** saved" not in only_file and "LoRA" not in only_file
+    folder = done_line("/m/Stable-diffusion/ft")
+    assert "Model **ft** saved" in folder and "Checkpoint" not in folder
+    both = done_line("/m/Stable-diffusion/ft", "/m/Stable-diffusion/ft.safetensors")
+    assert "Model **ft** saved" in both and "Checkpoint **ft.safetensors** saved" in both

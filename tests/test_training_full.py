@@ -68,6 +68,9 @@ def test_full_finetune_with_ema_loads_in_txt2img(context, tmp_path):
     assert result.output == str(folder) and (folder / "model_index.json").is_file()
     meta = json.loads((folder / "easel_training.json").read_text())
     assert meta["easel_mode"] == "full" and meta["easel_ema"] == "True" and meta["easel_steps"] == "12"
+    # the text encoder under the official checkpoints' names, which transformers 4 loaders read too
+    text_encoder_keys = load_file(str(folder / "text_encoder" / "model.safetensors")).keys()
+    assert text_encoder_keys and all(k.startswith("text_model.") for k in text_encoder_keys), sorted(text_encoder_keys)[:3]
 
     # the saved UNet holds the EMA of the trained weights (to float rounding), which lags the raw
     # trained weights (measured: training moved a weight by 2.4e-3 at most, the EMA lags by 2e-4)

@@ -60,6 +60,19 @@ random-weight BLIP, local folders under ``models/Captioning/``, hub ids), :func:
 suffix, keep or overwrite). The offline demo domain: :func:`find_demo_shapes` and
 :func:`match_demo_shapes` (:class:`DemoShape`: box, mask, colour, kind, size of each flat
 shape in a demo image; the Background tab's demo detector).
+
+Also in 1.4: local models for the browser-only user (the built-in Models page uses only
+these). ``EaselContext.local_models()`` lists checkpoints, LoRAs and VAEs as
+:class:`LocalModel` rows (size, family, SHA-256, :class:`ModelOrigin`);
+``EaselContext.download_model(source, kind, ...)`` downloads from an https URL or the hub
+(progress as :class:`DownloadProgress`, result :class:`DownloadResult`, refusals and
+failures as :class:`DownloadError`; ``EaselContext.download_policy`` says what is allowed);
+``EaselContext.export_model(name, ...)`` writes a diffusers folder as one original-layout
+``.safetensors`` checkpoint. ``MODEL_KINDS`` names the kinds and their folders. Model lists
+of any tab follow new models: a tab registers its dropdown with
+:meth:`UIContext.register_model_list`, and a tab that adds models refreshes them all after its
+event with :meth:`UIContext.refresh_model_lists_after`. ``TrainConfig.full_output_format``
+(``FULL_OUTPUT_FORMATS``) saves a full fine-tune as a diffusers folder, one checkpoint, or both.
 """
 
 from __future__ import annotations
@@ -102,7 +115,11 @@ from webui.jobs import (
     png_to_image,
     resolve_seed,
 )
+from webui.models_store import MODEL_FOLDERS as MODEL_KINDS
+from webui.models_store import LocalModel
+from webui.models_store import Origin as ModelOrigin
 from webui.outputs import read_image_text, read_infotext, save_image
+from webui.pipelines.downloads import DownloadError, DownloadProgress, DownloadResult
 from webui.pipelines.families import FAMILIES, FAMILY_LABELS, Family, family_spec
 from webui.pipelines.manager import LoadedModel
 from webui.pipelines.schedulers import (
@@ -126,7 +143,7 @@ from webui.training.captioners import (
     captioner_choices,
     load_captioner,
 )
-from webui.training.config import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
+from webui.training.config import FULL_OUTPUT_FORMATS, LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
 from webui.training.config import ConfigError as TrainingConfigError
 from webui.training.datasets import DatasetError, DatasetImage, DatasetStore, UploadLimits, UploadReport
 from webui.training.launch import TrainingProcess
@@ -274,8 +291,11 @@ class UIContext:
         self._sends.append((button, tab_id, fn, inputs))
 
     def finish_rendering(self) -> None:
-        """Wire the :meth:`send_to` buttons (the shell calls this after every tab rendered)."""
+        """Wire the :meth:`send_to` buttons and the model-list refreshes (the shell calls this after
+        every tab rendered)."""
         import gradio as gr
+
+        self._wire_model_list_refreshes()
 
         for button, tab_id, fn, inputs in self._sends:
             targets = self.shared_fields(tab_id)
@@ -326,6 +346,54 @@ class UIContext:
         self.send_to(tab_id, button, pick, inputs)
         return button
 
+    _model_lists: list[tuple[Any, Callable[[], list[Any]]]] = field(default_factory=list, init=False, repr=False)
+    _refresh_events: list[Any] = field(default_factory=list, init=False, repr=False)
+
+    def checkpoint_choices(self) -> list[tuple[str, str]]:
+        """``(label, name)`` of every model a user can pick (what the model dropdowns list). API 1.4."""
+        return [(source.display_name, source.name) for source in self.context.list_models()]
+
+    def register_model_list(self, component: Any, choices: Callable[[], list[Any]] | None = None) -> Any:
+        """Keep the dropdown ``component`` up to date when models arrive (a download or an export on
+        the Models page). API 1.4.
+
+        ``choices()`` returns its new choices (default: :meth:`checkpoint_choices`, the models
+        txt2img lists); the dropdown keeps its value when that is still listed. Returns ``component``.
+        """
+        self._model_lists.append((component, choices or self.checkpoint_choices))
+        return component
+
+    def refresh_model_lists_after(self, event: Any) -> None:
+        """After the Gradio event ``event`` (what ``button.click(...)`` or ``.then(...)`` returns) ends,
+        refresh every dropdown registered with :meth:`register_model_list`, in every tab. API 1.4.
+
+        Wired once every tab is rendered, so lists of tabs rendered later are included.
+        """
+        self._refresh_events.append(event)
+
+    def _wire_model_list_refreshes(self) -> None:
+        import gradio as gr
+
+        if not self._model_lists:
+            self._refresh_events.clear()
+            return
+        components = [component for component, _ in self._model_lists]
+        makers = [choices for _, choices in self._model_lists]
+
+        def refresh(*current: Any) -> list[Any]:
+            """New choices for every list; each keeps its value while that is still listed."""
+            updates = []
+            for value, choices_of in zip(current, makers):
+                choices = choices_of()
+                names = {c[1] if isinstance(c, (tuple, list)) else c for c in choices}
+                updates.append(gr.update(choices=choices, value=value) if value in names
+                               else gr.update(choices=choices))
+            return updates
+
+        for event in self._refresh_events:
+            event.then(refresh, inputs=components, outputs=components, api_name=False, queue=False)
+        self._refresh_events.clear()
+
     def last_used(self, scope: str) -> dict[str, Any]:
         """The values this tab saved with :meth:`remember` (empty on first start)."""
         return self.context.settings.last_used(scope)
@@ -352,6 +420,12 @@ __all__ = [
     "captioner_choices",
     "load_captioner",
     "Control",
+    "DownloadError",
+    "DownloadProgress",
+    "DownloadResult",
+    "LocalModel",
+    "MODEL_KINDS",
+    "ModelOrigin",
     "EaselContext",
     "EaselError",
     "ExtensionError",
@@ -372,6 +446,7 @@ __all__ = [
     "png_to_image",
     "resize_image",
     "GenerationError",
+    "FULL_OUTPUT_FORMATS",
     "LR_SCHEDULERS",
     "MIXED_PRECISION",
     "GenerationRequest",

@@ -35,10 +35,25 @@ class AppOptions:
     max_side: int = 2048
     max_loaded: int = 2
     allow_pickle: bool = False
+    # who may download models from the Models page (see webui.pipelines.downloads.DownloadPolicy)
+    listening: bool = False  # served beyond this machine (--listen or --share)
+    login_required: bool = False  # a login protects the UI (--auth)
+    allow_downloads: bool = False  # download while listening without a login (--allow-downloads)
+    allow_lan_downloads: bool = False  # URLs on private/loopback addresses and plain http (--allow-lan-downloads)
     entry_points: bool = True
     disabled_extensions: set[str] = field(default_factory=set)
     extra_plugins: dict[str, object] = field(default_factory=dict)  # name -> already imported extension
     setting_overrides: dict[str, object] = field(default_factory=dict)  # flags like --medvram, not saved
+
+
+def download_policy(options: AppOptions):
+    """The model-download rules of an app (:class:`webui.pipelines.downloads.DownloadPolicy`)."""
+    from webui.pipelines.downloads import DownloadPolicy
+
+    return DownloadPolicy(listening=options.listening, authenticated=options.login_required,
+                          allow_without_auth=options.allow_downloads,
+                          allow_private_addresses=options.allow_lan_downloads, allow_http=options.allow_lan_downloads,
+                          allow_pickle=options.allow_pickle)
 
 
 def create_context(options: AppOptions) -> EaselContext:
@@ -87,6 +102,7 @@ def create_context(options: AppOptions) -> EaselContext:
         data_dir=Path(options.data_dir),
         default_model=options.model or catalog.default_name(),
         max_side=options.max_side,
+        download_policy=download_policy(options),
     )
     context.queue = create_queue(context)
     context_holder.append(context)

@@ -10,6 +10,8 @@ from webui.jobs import GenerationRequest, GenerationResult, Job
 
 if TYPE_CHECKING:
     from webui.config import SettingsStore
+    from webui.models_store import LocalModel
+    from webui.pipelines.downloads import DownloadPolicy, DownloadResult, ProgressCallback
     from webui.pipelines.manager import PipelineManager
     from webui.pipelines.sources import ModelSource
     from webui.plugins import ExtensionInfo, PluginHost
@@ -31,6 +33,8 @@ class EaselContext:
     extension_state: dict[str, Any] = field(default_factory=dict)
     queue: "JobQueue | None" = field(default=None, repr=False)
     """The device's job queue (created with the app); use :meth:`submit` / :meth:`generate`."""
+    download_policy: "DownloadPolicy | None" = field(default=None, repr=False)
+    """What :meth:`download_model` may fetch (API 1.4); None: a server on localhost only, safetensors only."""
     """Per-app state of extensions (API 1.2), one entry per extension under its own name.
 
     For objects that must outlive one page or session but not the app, e.g. the Train tab's
@@ -146,3 +150,83 @@ class EaselContext:
     def extensions(self) -> list["ExtensionInfo"]:
         """What is loaded, disabled or failed, for the Extensions page."""
         return list(self.plugins.extensions.values())
+
+    # -- local models: listing, downloading, exporting (API 1.4; the Models page uses these) --
+
+    @property
+    def origins_file(self) -> Path:
+        """Where downloaded and exported models' origins are recorded (``<data-dir>/model_origins.json``)."""
+        return self.data_dir / "model_origins.json"
+
+    def _origins(self):
+        from webui.models_store import OriginRecord
+
+        return OriginRecord(self.origins_file, self.models_dir)
+
+    def local_models(self, compute_hashes: bool = True) -> list["LocalModel"]:
+        """Every local checkpoint, LoRA and VAE with size, family, SHA-256 and origin (API 1.4).
+
+        Hashes come from the app's hash cache: a large file is read once per version, so the
+        first listing after a new file arrives takes a moment. With ``compute_hashes`` off, only
+        hashes already known are given (``""`` for the others) and no weights are read.
+        """
+        from webui.models_store import list_local_models
+        from webui.pipelines.hashing import HashCache
+
+        cache = self.pipelines.hash_cache or HashCache(self.data_dir / "hashes.json")
+        return list_local_models(self.models_dir, cache, self._origins(),
+                                 allow_pickle=self.pipelines.catalog.allow_pickle, compute_hashes=compute_hashes)
+
+    def download_model(self, source: str, kind: str = "checkpoint", *, filename: str | None = None,
+                       sha256: str | None = None, progress: "ProgressCallback | None" = None) -> "DownloadResult":
+        """Download a model into the folder of ``kind`` (``checkpoint``, ``lora``, ``vae``). API 1.4.
+
+        ``source`` is an ``https://`` URL (``filename`` optionally names the file) or a hub id
+        ``owner/name`` (with ``filename``: that one file; without: the whole diffusers repository
+        into ``Stable-diffusion/<name>/``). ``sha256``, when given, must match or the download is
+        removed. ``progress`` gets a :class:`webui.pipelines.downloads.DownloadProgress` after
+        every chunk. The app's :attr:`download_policy` decides what is allowed; refusals and
+        failures raise :class:`webui.pipelines.downloads.DownloadError` with a message for the user.
+        """
+        from webui.pipelines.downloads import DownloadError, DownloadPolicy, download_hub, download_url
+        from webui.pipelines.sources import HUB_ID_PATTERN
+
+        policy = self.download_policy or DownloadPolicy(allow_pickle=self.pipelines.catalog.allow_pickle)
+        source = (source or "").strip()
+        filename = (filename or "").strip() or None
+        sha256 = (sha256 or "").strip() or None
+        if "://" in source:
+            return download_url(source, kind, self.models_dir, policy=policy, filename=filename,
+                                expected_sha256=sha256, progress=progress, origins=self._origins())
+        if HUB_ID_PATTERN.match(source):
+            return download_hub(source, kind, self.models_dir, policy=policy, filename=filename,
+                                expected_sha256=sha256, progress=progress, origins=self._origins())
+        raise DownloadError(f"{source!r} is neither an https:// URL nor a hub id (owner/name)")
+
+    def export_model(self, name: str, output_name: str = "", half: bool = False) -> Path:
+        """Export the listed diffusers-folder model ``name`` as one original-layout ``.safetensors``
+        checkpoint ``Stable-diffusion/<output_name>.safetensors`` (default: the model's name), the
+        file AUTOMATIC1111, Forge and ComfyUI load; its configs go beside it (``<name>.config/``) so
+        Easel loads it offline too. ``half`` stores fp16 weights. API 1.4. Raises
+        :class:`webui.errors.EaselError` for a model that is not a local folder or an existing file."""
+        import torch
+
+        from webui.errors import EaselError
+        from webui.models_store import Origin, now
+        from webui.pipelines.downloads import safe_filename
+        from webui.pipelines.export import export_diffusers_folder
+
+        source = self.model_source(name)
+        if source is None or source.kind != "folder":
+            raise EaselError(f"{name!r} is not a local diffusers folder; only those are exported to one file")
+        stem = (output_name or "").strip().removesuffix(".safetensors") or Path(source.name).name
+        target = self.models_dir / "Stable-diffusion" / f"{safe_filename(stem)}.safetensors"
+        if target.exists():
+            raise EaselError(f"{target.name} already exists in Stable-diffusion/; pick another name")
+        try:
+            export_diffusers_folder(source.location, target, dtype=torch.float16 if half else None,
+                                    metadata={"easel_exported_from": source.name})
+        except (ValueError, NotImplementedError) as exc:
+            raise EaselError(f"Cannot export {name}: {exc}") from exc
+        self._origins().set(target, Origin(source="export", location=source.name, downloaded_at=now()))
+        return target

@@ -27,6 +27,11 @@ def options_from_args(args: Any) -> AppOptions:
         model=args.model,
         max_side=args.max_size,
         allow_pickle=args.allow_pickle,
+        listening=bool(getattr(args, "listen", False) or getattr(args, "share", False)),
+        login_required=bool(getattr(args, "auth", None) or getattr(args, "gradio_auth", None)
+                            or getattr(args, "gradio_auth_path", None)),
+        allow_downloads=bool(getattr(args, "allow_downloads", False)),
+        allow_lan_downloads=bool(getattr(args, "allow_lan_downloads", False)),
         disabled_extensions=set(args.disable_extension),
         setting_overrides=memory_overrides(args),
     )

@@ -170,6 +170,7 @@ def render_background_tab(ui: UIContext) -> None:
         with gr.Row():
             model = gr.Dropdown(choices=models, value=model_default, label="Model (inpainting pipeline of its family)",
                                 elem_id="background-model", scale=3)
+            ui.register_model_list(model)  # refreshed when the Models page adds a model
             sampler_choices = samplers_for(family)
             sampler = gr.Dropdown(choices=sampler_choices, label="Sampler", elem_id="background-sampler",
                                   value=last.get("sampler") if last.get("sampler") in sampler_choices

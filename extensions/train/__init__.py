@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.api import (
+    FULL_OUTPUT_FORMATS,
     LR_SCHEDULERS,
     MIXED_PRECISION,
     EaselContext,
@@ -47,6 +48,11 @@ from .dataset_section import CaptionerCache, dataset_settings, render_dataset_se
 EASEL_API_VERSION = "1.4"
 POLL_SECONDS = 1.0
 SCOPE = "train"
+# how a full fine-tune is saved (TrainConfig.full_output_format)
+FULL_OUTPUT_FORMAT_LABELS = {"diffusers": "diffusers folder",
+                             "safetensors": "single .safetensors checkpoint (A1111, Forge, ComfyUI)",
+                             "both": "both"}
+FULL_OUTPUT_FORMAT_CHOICES = [(FULL_OUTPUT_FORMAT_LABELS.get(value, value), value) for value in FULL_OUTPUT_FORMATS]
 FINISHED = ("done", "cancelled")
 ENDED = (*FINISHED, "error")  # the trainer's last events: after one of these it only exits
 EXIT_GRACE_SECONDS = 60.0
@@ -163,6 +169,7 @@ def summarize(events: list[dict[str, Any]]) -> dict[str, Any]:
             summary["message"] = f"Generating {event['want'] - event['have']} class images…"
         elif kind in ("done", "cancelled", "error"):
             summary["status"] = kind
+            summary["single_file"] = event.get("single_file", "")
             summary["message"] = event.get("message") or event.get("output") or event.get("checkpoint") or ""
     return summary
 
@@ -199,7 +206,12 @@ def progress_text(summary: dict[str, Any], name: str) -> str:
     if summary["message"]:
         line += f"\n\n{summary['message']}"
     if status == "done" and summary.get("mode") == "full":
-        line += f"\n\nModel **{name}** saved to Stable-diffusion; pick it in txt2img's model list."
+        single_file = summary.get("single_file") or ""
+        if summary["message"] != single_file:  # the diffusers folder was written (formats diffusers, both)
+            line += f"\n\nModel **{name}** saved to Stable-diffusion; pick it in txt2img's model list."
+        if single_file:
+            line += (f"\n\nCheckpoint **{Path(single_file).name}** saved to Stable-diffusion (one file that "
+                     "AUTOMATIC1111, Forge and ComfyUI load); txt2img lists it too.")
     elif status == "done":
         line += f"\n\nLoRA **{name}** saved; pick it in txt2img (LoRA) or write `<lora:{name}:1>`."
     if status == "cancelled" or (status in ("interrupted", "failed") and summary.get("checkpoint")):
@@ -239,8 +251,12 @@ def render_train_tab(ui: UIContext) -> None:
     context.datasets_dir.mkdir(parents=True, exist_ok=True)
     last = ui.last_used(SCOPE)
     state = train_state(context)
-    models = [source.name for source in context.list_models()
-              if (context.family_of(source.name) or "sd1") in ("sd1", "sd2", "sdxl", "sd3")]
+    def trainable_models() -> list[str]:
+        """The listed models of a family the trainer supports."""
+        return [source.name for source in context.list_models()
+                if (context.family_of(source.name) or "sd1") in ("sd1", "sd2", "sdxl", "sd3")]
+
+    models = trainable_models()
 
     gr.Markdown(f"Train a LoRA on a folder of images from `{context.datasets_dir}` (upload one in the Dataset "
                 "section below, or put it there; captions in `.txt` files, "
@@ -251,6 +267,7 @@ def render_train_tab(ui: UIContext) -> None:
         refresh = gr.Button("Refresh", scale=0, min_width=80)
         model = gr.Dropdown(choices=models, value=last.get("model", context.default_model), label="Base model",
                             elem_id="train-model", scale=3)
+        ui.register_model_list(model, trainable_models)  # a downloaded model can be trained on at once
         output_name = gr.Textbox(value=last.get("output_name", "my_lora"), label="Output name", elem_id="train-name",
                                  scale=2)
     render_dataset_section(ui, dataset, state.captioners)
@@ -295,6 +312,9 @@ def render_train_tab(ui: UIContext) -> None:
                         label="Mode", elem_id="train-mode")
         use_ema = gr.Checkbox(value=False, label="EMA (full fine-tune)", elem_id="train-ema")
         qlora = gr.Checkbox(value=False, label="QLoRA: NF4-quantized base (CUDA + bitsandbytes)", elem_id="train-qlora")
+        full_output_format = gr.Dropdown(choices=FULL_OUTPUT_FORMAT_CHOICES,
+                                         value=last.get("full_output_format", "diffusers"),
+                                         label="Full fine-tune saved as", elem_id="train-full-format")
     with gr.Row():
         start = gr.Button("Start", variant="primary", elem_id="train-start")
         cancel = gr.Button("Cancel", elem_id="train-cancel")
@@ -315,7 +335,7 @@ def render_train_tab(ui: UIContext) -> None:
                 checkpointing=checkpointing, adam8=adam8, text_encoder=text_encoder, min_snr=min_snr,
                 noise_offset=noise_offset, seed=seed, random_flip=random_flip, center_crop=center_crop,
                 bucketing=bucketing, validation_prompts=validation_prompts, validation_every=validation_every,
-                mode=mode, use_ema=use_ema, qlora=qlora)
+                mode=mode, use_ema=use_ema, qlora=qlora, full_output_format=full_output_format)
     outputs = [progress, loss_plot, gallery, log_box]
 
     def build_config(values: dict[str, Any], *, resume_run: bool) -> TrainConfig:
@@ -341,6 +361,7 @@ def render_train_tab(ui: UIContext) -> None:
             validation_prompts=[line.strip() for line in (v["validation_prompts"] or "").splitlines() if line.strip()],
             validation_every=int(v["validation_every"] or 0), resume=resume_run, mode=mode_value,
             use_ema=bool(v.get("use_ema")) and mode_value == "full",
+            full_output_format=(v.get("full_output_format") or "diffusers") if mode_value == "full" else "diffusers",
             quantize_base="nf4" if v.get("qlora") else "none", device="auto",
         )
         config.validate()
@@ -388,7 +409,7 @@ def render_train_tab(ui: UIContext) -> None:
                                 "instance_prompt": config.instance_prompt, "use_captions": config.use_captions,
                                 "resolution": config.resolution, "rank": config.rank, "alpha": config.alpha,
                                 "learning_rate": config.learning_rate, "max_steps": config.max_steps,
-                                "mode": config.mode})
+                                "mode": config.mode, "full_output_format": config.full_output_format})
             process = TrainingProcess(config, num_processes=int(context.settings.get("train.num_processes", 1)))
             process.start(fresh=not resume_run)
             state.current = process

@@ -33,7 +33,8 @@ def render_txt2img_tab(ui: UIContext) -> None:
             batch_count, batch_size = form.render_batch(last)
             with gr.Accordion("SDXL refiner", open=False):
                 use_refiner = gr.Checkbox(value=False, label="Refine with a second SDXL model")
-                refiner_model = gr.Dropdown(choices=form.model_choices(ui), value=None, label="Refiner model")
+                refiner_model = ui.register_model_list(gr.Dropdown(choices=form.model_choices(ui), value=None,
+                                                                   label="Refiner model"))
                 switch_at = gr.Slider(0.05, 0.95, value=0.8, step=0.05, label="Switch at (fraction of steps)")
             with gr.Column(elem_id="txt2img-extension-controls"):
                 extension_controls = ui.render_generation_controls("txt2img")

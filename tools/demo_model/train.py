@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from tools.demo_model.shapes import sample
 from tools.demo_model.tokenizer import write_tokenizer
+from webui.pipelines.text_encoder_keys import save_pipeline
 
 SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -304,7 +305,8 @@ def train(config: DemoTrainConfig, out_dir: Path, work_dir: Path, stop_after: in
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    pipe.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
+    # text encoder under the official key names (text_model.*): transformers 4 loaders read only those
+    save_pipeline(pipe.to(torch.float16), out_dir)
     record = {"config": asdict(config), "seed": config.seed, "scaling_factor": scaling,
               "created": time.strftime("%Y-%m-%d %H:%M:%S"), "trainer": "tools.demo_model.train"}
     (out_dir / "training.json").write_text(json.dumps(record, indent=2), encoding="utf-8")

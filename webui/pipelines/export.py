@@ -39,7 +39,10 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-__all__ = ["export_single_file", "pipeline_to_original_state_dict"]
+__all__ = ["CONFIG_SIDECAR_SUFFIX", "export_checkpoint", "export_diffusers_folder", "export_single_file",
+           "pipeline_to_original_state_dict", "save_config_folder"]
+
+CONFIG_SIDECAR_SUFFIX = ".config"  # ``model.config/`` beside ``model.safetensors`` (see webui.pipelines.sources)
 
 StateDict = dict[str, torch.Tensor]
 
@@ -469,14 +472,16 @@ def _write_safetensors_aligned(tensors: Mapping[str, torch.Tensor], path: pathli
     os.replace(tmp, path)
 
 
-def export_single_file(pipe, path: str | os.PathLike, dtype: torch.dtype | None = None) -> pathlib.Path:
+def export_single_file(pipe, path: str | os.PathLike, dtype: torch.dtype | None = None,
+                       metadata: Mapping[str, str] | None = None) -> pathlib.Path:
     """Write ``pipe`` as one original-layout ``.safetensors`` checkpoint at ``path``.
 
     The file loads back with ``<PipelineClass>.from_single_file(path, config=<diffusers folder>)``
     (bit-identical outputs for the built-in tiny models) and is classified by
     ``diffusers.loaders.single_file_utils.infer_diffusers_model_type``.  ``dtype`` optionally
     casts floating-point weights (e.g. ``torch.float16``); by default the weights keep the
-    pipeline's dtype.  Parent folders are created; the file is written atomically.  Returns
+    pipeline's dtype.  ``metadata`` (str -> str) goes into the safetensors header beside
+    ``format: pt``.  Parent folders are created; the file is written atomically.  Returns
     the path.
     """
     path = pathlib.Path(path)
@@ -486,5 +491,63 @@ def export_single_file(pipe, path: str | os.PathLike, dtype: torch.dtype | None 
             value = value.to(dtype)
         tensors[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_safetensors_aligned(tensors, path, {"format": "pt"})
+    _write_safetensors_aligned(tensors, path, {**dict(metadata or {}), "format": "pt"})
     return path
+
+
+def save_config_folder(pipe, folder: str | os.PathLike) -> pathlib.Path:
+    """Write the pipeline's configs, tokenizers and processors to ``folder`` without any weights.
+
+    This is what ``from_single_file(file, config=folder)`` reads besides the file, and what
+    Easel finds beside a checkpoint (``<name>.config/``) to load it offline: a few KB instead
+    of the weights again.
+    """
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe.save_config(str(folder))  # model_index.json
+    for name, component in pipe.components.items():
+        if component is None:
+            continue
+        target = folder / name
+        if isinstance(component, torch.nn.Module) and hasattr(component, "save_config"):
+            component.save_config(str(target))  # diffusers models: config.json only
+        elif isinstance(component, torch.nn.Module):
+            component.config.save_pretrained(str(target))  # transformers models: config.json only
+        elif hasattr(component, "save_pretrained"):
+            component.save_pretrained(str(target))  # schedulers, tokenizers, image processors (no weights)
+    return folder
+
+
+def export_checkpoint(pipe, path: str | os.PathLike, dtype: torch.dtype | None = None,
+                      metadata: Mapping[str, str] | None = None, config_sidecar: bool = True) -> pathlib.Path:
+    """Write ``pipe`` as one original-layout ``.safetensors`` checkpoint (:func:`export_single_file`)
+    and, with ``config_sidecar``, its configs beside it in ``<stem>.config/`` (:func:`save_config_folder`)
+    so that Easel loads the file offline. Other tools (A1111, Forge, ComfyUI) need only the file.
+    Returns the checkpoint's path."""
+    import shutil
+
+    path = pathlib.Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"a single-file checkpoint is written as .safetensors (got {path.name!r})")
+    export_single_file(pipe, path, dtype=dtype, metadata=metadata)
+    if config_sidecar:
+        sidecar = path.with_name(path.stem + CONFIG_SIDECAR_SUFFIX)
+        staging = path.with_name(f".{sidecar.name}-saving")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_config_folder(pipe, staging)
+        shutil.rmtree(sidecar, ignore_errors=True)
+        os.replace(staging, sidecar)
+    return path
+
+
+def export_diffusers_folder(folder: str | os.PathLike, path: str | os.PathLike, dtype: torch.dtype | None = None,
+                            metadata: Mapping[str, str] | None = None) -> pathlib.Path:
+    """Load the local diffusers folder ``folder`` (on the CPU, never from the network) and write it
+    with :func:`export_checkpoint` to ``path``. Returns the checkpoint's path."""
+    from diffusers import DiffusionPipeline
+
+    folder = pathlib.Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"{folder} is not a diffusers folder (no model_index.json)")
+    pipe = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+    return export_checkpoint(pipe, path, dtype=dtype, metadata=metadata)

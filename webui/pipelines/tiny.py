@@ -392,7 +392,8 @@ def build_tiny_pipeline(name: str, torch_dtype: torch.dtype = torch.float32) -> 
 
 
 def save_tiny_pipeline(name: str, folder: str | os.PathLike) -> pathlib.Path:
-    """Write tiny model ``name`` as a diffusers folder (``save_pretrained``, safetensors).
+    """Write tiny model ``name`` as a diffusers folder (``save_pretrained``, safetensors; the CLIP
+    text encoders under the official ``text_model.*`` key names, as every folder Easel writes).
 
     The folder can be loaded with ``DiffusionPipeline.from_pretrained(folder)`` and also serves
     as the ``config=`` folder for ``from_single_file`` on a checkpoint written by
@@ -400,5 +401,7 @@ def save_tiny_pipeline(name: str, folder: str | os.PathLike) -> pathlib.Path:
     """
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    build_tiny_pipeline(name).save_pretrained(folder, safe_serialization=True)
+    from webui.pipelines.text_encoder_keys import save_pipeline
+
+    save_pipeline(build_tiny_pipeline(name), folder)
     return folder

@@ -16,6 +16,9 @@ from typing import Any, get_type_hints
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 MODES = ("lora", "full")
+# what a full fine-tune writes: a diffusers folder, one original-layout .safetensors checkpoint
+# (the layout AUTOMATIC1111, Forge and ComfyUI load; with a small config folder beside it), or both
+FULL_OUTPUT_FORMATS = ("diffusers", "safetensors", "both")
 QUANTIZE_BASE = ("none", "nf4")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -39,6 +42,7 @@ class TrainConfig:
     mode: str = "lora"                  # "lora": LoRA adapters; "full": fine-tune the whole UNet / SD3 transformer
     use_ema: bool = False               # full mode: keep an EMA of the weights and save it as the model
     ema_decay: float = 0.9999
+    full_output_format: str = "diffusers"  # full mode: "diffusers" folder, "safetensors" single file, or "both"
     run_dir: str = ""                   # checkpoints, logs, progress; default <models_dir>/../training/<name>
     caption_extension: str = ".txt"
     instance_prompt: str = ""           # DreamBooth: used for images without a caption (or for all)
@@ -101,7 +105,8 @@ class TrainConfig:
         if not self.output_name or any(ch in self.output_name for ch in "/\\:") or self.output_name.startswith("."):
             raise ConfigError(f"output_name {self.output_name!r} must be a plain file name")
         for name, allowed in (("mode", MODES), ("quantize_base", QUANTIZE_BASE), ("mixed_precision", MIXED_PRECISION),
-                              ("lr_scheduler", LR_SCHEDULERS), ("device", DEVICES)):
+                              ("lr_scheduler", LR_SCHEDULERS), ("device", DEVICES),
+                              ("full_output_format", FULL_OUTPUT_FORMATS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
         if self.mode == "full" and self.train_text_encoder:
@@ -109,6 +114,8 @@ class TrainConfig:
                               "(train_text_encoder)")
         if self.quantize_base != "none" and self.mode != "lora":
             raise ConfigError("a quantized (NF4) base trains LoRA adapters only (QLoRA); use mode 'lora'")
+        if self.full_output_format != "diffusers" and self.mode != "full":
+            raise ConfigError("full_output_format is for full fine-tuning (mode 'full'); a LoRA is one file already")
         if self.use_ema and self.mode != "full":
             raise ConfigError("EMA (use_ema) is for full fine-tuning (mode 'full')")
         if not 0.0 < self.ema_decay < 1.0:
@@ -157,11 +164,23 @@ class TrainConfig:
 
     @property
     def output_file(self) -> Path:
-        """Where the result goes: ``Lora/<name>.safetensors`` (LoRA) or the diffusers folder
-        ``Stable-diffusion/<name>/`` (full fine-tune), which the txt2img model list shows."""
+        """Where the result goes: ``Lora/<name>.safetensors`` (LoRA) or, for a full fine-tune, the
+        diffusers folder ``Stable-diffusion/<name>/`` (formats ``diffusers`` and ``both``) or the
+        single file ``Stable-diffusion/<name>.safetensors`` (format ``safetensors``); the txt2img
+        model list shows them."""
         if self.mode == "full":
+            if self.full_output_format == "safetensors":
+                return self.single_file_output
             return Path(self.models_dir) / "Stable-diffusion" / self.output_name
         return self.lora_dir / f"{self.output_name}.safetensors"
+
+    @property
+    def single_file_output(self) -> Path | None:
+        """The original-layout checkpoint a full fine-tune writes (formats ``safetensors`` and
+        ``both``): ``Stable-diffusion/<name>.safetensors``; None when it writes none."""
+        if self.mode != "full" or self.full_output_format == "diffusers":
+            return None
+        return Path(self.models_dir) / "Stable-diffusion" / f"{self.output_name}.safetensors"
 
     @property
     def run_path(self) -> Path:

@@ -30,7 +30,9 @@ Full fine-tune (``mode="full"``): the whole UNet / SD3 transformer trains in fp3
 mixed precision), optionally with an EMA of its weights (``diffusers.training_utils.EMAModel``,
 kept in the checkpoints and saved as the model); the result is the base pipeline with the
 trained denoiser, saved as a diffusers folder ``<models_dir>/Stable-diffusion/<output_name>/``
-(``save_pretrained(safe_serialization=True)``, staged and swapped in) that txt2img lists.
+(``save_pretrained(safe_serialization=True)`` with the text encoders under the official
+``text_model.*`` key names, staged and swapped in) that txt2img lists, and/or, as
+``full_output_format`` asks, as one original-layout checkpoint ``<output_name>.safetensors``.
 
 The LoRA goes to ``<models_dir>/Lora/<output_name>.safetensors``: kohya keys (``lora_unet_...``,
 ``lora_down``/``lora_up``, ``.alpha``) for SD1/SD2/SDXL, which AUTOMATIC1111, ComfyUI and
@@ -667,38 +669,52 @@ class LoraTrainer:
         return "flow_matching" if self.spec.flow_matching else self.train_scheduler.config.prediction_type
 
     def save_full_model(self, step: int) -> Path:
-        """Full fine-tune: the base pipeline with the trained (EMA, when on) UNet / transformer as a
-        diffusers folder ``Stable-diffusion/<name>/``, written beside and swapped in atomically."""
+        """Full fine-tune: the base pipeline with the trained (EMA, when on) UNet / transformer, as
+        ``config.full_output_format`` asks: a diffusers folder ``Stable-diffusion/<name>/`` (written
+        beside and swapped in atomically), one original-layout checkpoint
+        ``Stable-diffusion/<name>.safetensors`` (with its configs in ``<name>.config/``), or both.
+        Returns ``config.output_file``."""
         import shutil
 
-        target = self.config.output_file
+        from webui.pipelines.export import export_checkpoint
+        from webui.pipelines.text_encoder_keys import save_pipeline
+
+        config = self.config
+        target = Path(config.models_dir) / "Stable-diffusion" / config.output_name
+        single_file = config.single_file_output
+        write_folder = config.full_output_format in ("diffusers", "both")
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.parent / f".{target.name}-saving"
         shutil.rmtree(staging, ignore_errors=True)
+        meta = self.metadata(step, "diffusers" if write_folder else "single_file")
+        meta.update({"easel_mode": "full", "easel_ema": str(self.ema is not None),
+                     "easel_ema_decay": str(config.ema_decay)})
+        for key in [k for k in meta if k.startswith("ss_network") or k in ("easel_rank", "easel_alpha",
+                                                                           "easel_target_modules")]:
+            meta.pop(key)
         model = self.accelerator.unwrap_model(self.model)
         params = list(model.parameters())
         if self.ema is not None:
             self.ema.store(params)
             self.ema.copy_to(params)
         try:
-            self.pipe.save_pretrained(str(staging), safe_serialization=True)
+            if write_folder:
+                # the text encoders under the official checkpoints' key names (``text_model.*``)
+                save_pipeline(self.pipe, staging)
+            if single_file is not None:
+                export_checkpoint(self.pipe, single_file, metadata={k: str(v) for k, v in meta.items()})
         finally:
             if self.ema is not None:
                 self.ema.restore(params)
-        meta = self.metadata(step, "diffusers")
-        meta.update({"easel_mode": "full", "easel_ema": str(self.ema is not None),
-                     "easel_ema_decay": str(self.config.ema_decay)})
-        for key in [k for k in meta if k.startswith("ss_network") or k in ("easel_rank", "easel_alpha",
-                                                                           "easel_target_modules")]:
-            meta.pop(key)
-        (staging / "easel_training.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        old = target.parent / f".{target.name}-old"
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-        return target
+        if write_folder:
+            (staging / "easel_training.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+            old = target.parent / f".{target.name}-old"
+            shutil.rmtree(old, ignore_errors=True)
+            if target.exists():
+                os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        return config.output_file
 
     def save_output(self, step: int) -> Path:
         from safetensors.torch import save
@@ -850,8 +866,10 @@ class LoraTrainer:
             result.validation_images = self.validation(step) or result.validation_images
         self.accelerator.wait_for_everyone()
         result.status = "done"
+        single_file = self.config.single_file_output
         self.log("done", step=step, output=str(self.config.output_file), eval_loss_start=result.eval_loss_start,
-                 eval_loss_end=result.eval_loss_end, skipped=[name for name, _ in result.skipped])
+                 eval_loss_end=result.eval_loss_end, skipped=[name for name, _ in result.skipped],
+                 **({"single_file": str(single_file)} if single_file is not None else {}))
         return result
 
 

@@ -64,6 +64,7 @@ def render_model_picker(ui: "UIContext", tab_id: str, last: dict[str, Any]) -> M
     with gr.Row():
         model = gr.Dropdown(choices=model_choices(ui), value=chosen, label="Model", scale=4,
                             allow_custom_value=False, elem_id=f"{tab_id}-model")
+        ui.register_model_list(model)  # refreshed when the Models page adds a model
         refresh = gr.Button("Refresh", scale=0, min_width=80)
     note = gr.Markdown(model_note(ui, chosen))
     return ModelPicker(model, refresh, note, gr.State(default_side), default_side)
