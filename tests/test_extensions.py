@@ -214,3 +214,168 @@ def test_installed_package_entry_point_is_discovered(make_context, tmp_path, mon
 
     create_blocks(context)  # the exploding tab shows its error; the app is built
     assert any(f.extension == "fake-tab" and f.stage == "render" for f in context.plugins.failures)
+
+
+# ----- pluggy's own hook calling, with failure isolation ---------------------------------------
+
+def test_wrapper_hook_sees_and_changes_the_result(make_context):
+    """A ``wrapper=True`` implementation runs around the others and its return value is the result."""
+    seen = []
+
+    class Plain:
+        """Adds one infotext field."""
+
+        @hookimpl
+        def infotext_fields(self, request, model):
+            return {"Plain": "one"}
+
+    class Wrapper:
+        """Renames every field the others return and adds its own."""
+
+        @hookimpl(wrapper=True)
+        def infotext_fields(self, request, model):
+            results = yield
+            seen.append([dict(fields) for fields in results])
+            return [{f"Wrapped {key}": value for key, value in fields.items()} for fields in results] + [
+                {"Wrapper": "yes"}]
+
+    context = make_context(extra_plugins={"plain": Plain(), "wrapper": Wrapper()})
+    result = context.generate(GenerationRequest(**SMALL))
+    infotext = result.images[0].infotext
+    assert {"Plain": "one"} in seen[0]  # the wrapper saw the other extension's answer
+    assert "Wrapped Plain: one" in infotext and "Wrapper: yes" in infotext
+    assert "Plain: one" not in infotext.replace("Wrapped Plain: one", "")
+    assert not context.plugins.failures, context.plugins.failures
+
+
+def test_firstresult_hook_stops_at_the_first_answer(context):
+    """``device_in_use`` is ``firstresult``: the first non-None answer is the result, later ones are not asked."""
+    asked = []
+
+    class Idle:
+        @hookimpl
+        def device_in_use(self):
+            asked.append("idle")
+            return None
+
+    class Busy:
+        @hookimpl
+        def device_in_use(self):
+            asked.append("busy")
+            return "busy training"
+
+    class AlsoBusy:
+        @hookimpl(trylast=True)
+        def device_in_use(self):
+            asked.append("also busy")
+            return "never asked"
+
+    assert context.plugins.is_firstresult("device_in_use")
+    context.plugins.register_object("also_busy", AlsoBusy())
+    context.plugins.register_object("busy", Busy())
+    context.plugins.register_object("idle", Idle())  # registered last: pluggy asks it first
+    assert context.plugins.call("device_in_use", context=context) == "busy training"
+    assert context.device_in_use() == "busy training"
+    assert asked.count("also busy") == 0 and asked.count("idle") == 2 and asked.count("busy") == 2
+
+
+def bare_host(**plugins):
+    """A plugin host holding only ``plugins`` (no built-ins): hook calls see exactly these."""
+    from webui.plugins import PluginHost
+
+    host = PluginHost()
+    for name, plugin in plugins.items():
+        host.register_object(name, plugin)
+    return host
+
+
+def test_failing_hook_is_reported_once_with_its_count():
+    """A hook that raises on every call is one failure entry with a count; the other results still come back."""
+
+    class Broken:
+        @hookimpl
+        def infotext_fields(self, request, model):
+            raise RuntimeError("broken every time")
+
+    class Works:
+        @hookimpl
+        def infotext_fields(self, request, model):
+            return {"Works": request.prompt}
+
+    host = bare_host(broken=Broken(), works=Works())
+    calls = 5
+    for number in range(calls):
+        results = host.call("infotext_fields", request=GenerationRequest(**dict(SMALL, prompt=str(number))),
+                            model=None)
+        assert results == [{"Works": str(number)}]
+    assert len(host.failures) == 1, host.failures
+    failure = host.failures[0]
+    assert (failure.extension, failure.stage, failure.count) == ("broken", "infotext_fields", calls)
+    assert "broken every time" in failure.message and "RuntimeError" in failure.traceback
+    assert host.failure_count("broken", "infotext_fields") == calls
+    assert host.extensions["broken"].status == "loaded" and f"({calls} times)" in host.extensions["broken"].error
+
+
+def test_failing_wrapper_passes_the_result_through():
+    """A wrapper that raises after its ``yield`` is reported; the call returns the others' results unchanged."""
+
+    class BrokenWrapper:
+        @hookimpl(wrapper=True)
+        def infotext_fields(self, request, model):
+            yield
+            raise ValueError("wrapper broke")
+
+    class Works:
+        @hookimpl
+        def infotext_fields(self, request, model):
+            return {"Works": "yes"}
+
+    class BrokenBeforeYield:
+        @hookimpl(wrapper=True)
+        def infotext_fields(self, request, model):
+            raise KeyError("before the yield")
+            yield  # noqa: unreachable - makes this a generator
+
+    host = bare_host(works=Works(), broken_wrapper=BrokenWrapper(), broken_early=BrokenBeforeYield())
+    for _ in range(3):
+        assert host.call("infotext_fields", request=None, model=None) == [{"Works": "yes"}]
+    assert host.failure_count("broken_wrapper", "infotext_fields") == 3
+    assert host.failure_count("broken_early", "infotext_fields") == 3
+    assert len(host.failures) == 2
+
+
+def test_extension_error_still_propagates_through_wrappers():
+    """A refusal (``ExtensionError``) is not isolated: the caller gets it, and a wrapper sees it."""
+    seen = []
+
+    class Refuses:
+        @hookimpl
+        def before_generation(self, request):
+            raise ExtensionError("refused")
+
+    class Watches:
+        @hookimpl(wrapper=True)
+        def before_generation(self, request):
+            try:
+                return (yield)
+            except ExtensionError as error:
+                seen.append(str(error))
+                raise
+
+    host = bare_host(refuses=Refuses(), watches=Watches())
+    with pytest.raises(ExtensionError, match="refused"):
+        host.call("before_generation", request=None, model=None, context=None)
+    assert seen == ["refused"] and not host.failures
+
+
+def test_old_style_hookwrapper_is_refused_at_load():
+    """``hookwrapper=True`` (pluggy's old style) cannot be isolated: the extension is refused with a message."""
+
+    class OldStyle:
+        @hookimpl(hookwrapper=True)
+        def infotext_fields(self, request, model):
+            yield
+
+    host = bare_host(old_style=OldStyle())
+    assert host.extensions["old_style"].status == "failed" and "wrapper=True" in host.extensions["old_style"].error
+    assert host.call("infotext_fields", request=None, model=None) == []

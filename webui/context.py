@@ -108,10 +108,8 @@ class EaselContext:
 
     def device_in_use(self) -> str | None:
         """Why the queue's device is held outside the queue right now (``device_in_use`` hooks), or None."""
-        for reason in self.plugins.call("device_in_use", context=self):
-            if reason:
-                return str(reason)
-        return None
+        reason = self.plugins.call("device_in_use", context=self)  # firstresult: the first answer wins
+        return str(reason) if reason else None
 
     def list_models(self) -> list["ModelSource"]:
         """Every model a user can pick: built-ins, local files and folders, hub presets."""

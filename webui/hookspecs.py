@@ -74,7 +74,7 @@ def app_started(context):
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def device_in_use(context):
     """Say when something outside the job queue holds the queue's device (API 1.3).
 
