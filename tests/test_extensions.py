@@ -379,3 +379,32 @@ def test_old_style_hookwrapper_is_refused_at_load():
     host = bare_host(old_style=OldStyle())
     assert host.extensions["old_style"].status == "failed" and "wrapper=True" in host.extensions["old_style"].error
     assert host.call("infotext_fields", request=None, model=None) == []
+
+
+def test_every_hookspec_is_typed_and_documented():
+    """pytest-style hookspecs: each parameter and the return carry a type that resolves, and a docstring."""
+    import inspect
+    import typing
+
+    import torch
+
+    import webui.api
+    import webui.config
+    import webui.context
+    import webui.jobs
+    import webui.pipelines.manager
+    from webui import hookspecs
+
+    namespace = {**vars(hookspecs), "torch": torch, "Control": webui.api.Control, "Tab": webui.api.Tab,
+                 "Setting": webui.config.Setting, "EaselContext": webui.context.EaselContext,
+                 "GenerationRequest": webui.jobs.GenerationRequest, "GenerationResult": webui.jobs.GenerationResult,
+                 "LoadedModel": webui.pipelines.manager.LoadedModel}
+    specs = {name: function for name, function in vars(hookspecs).items()
+             if inspect.isfunction(function) and hasattr(function, f"{hookspecs.PROJECT_NAME}_spec")}
+    assert len(specs) >= 13, sorted(specs)
+    for name, function in specs.items():
+        parameters = inspect.signature(function).parameters
+        hints = typing.get_type_hints(function, globalns=namespace)  # raises on a misspelt type
+        assert set(parameters) | {"return"} == set(hints), f"{name}: untyped {set(parameters) - set(hints)}"
+        assert len(inspect.getdoc(function) or "") > 80, f"{name} has no real docstring"
+    assert specs["device_in_use"].easel_spec["firstresult"] is True

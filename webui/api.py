@@ -48,6 +48,11 @@ a tab offers components others may fill with :meth:`UIContext.share_fields`; ano
 a button with :meth:`UIContext.send_to`; :func:`resolve_sampler` splits A1111's legacy sampler
 names (``"DPM++ 2M Karras"``) into sampler and schedule type; :func:`read_image_text` reads every
 text an image carries (PNG text chunks, EXIF UserComment).
+
+Added in 1.4: pluggy calls the hooks (``@hookimpl(wrapper=True)``, ``tryfirst``/``trylast``
+work; old-style ``hookwrapper=True`` is refused at load); ``device_in_use`` is ``firstresult``
+(``EaselContext.call_hook`` then returns the first answer, not a list); a failing
+implementation is listed once per (extension, hook) with a count; the hookspecs are typed.
 """
 
 from __future__ import annotations
