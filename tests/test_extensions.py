@@ -408,3 +408,97 @@ def test_every_hookspec_is_typed_and_documented():
         assert set(parameters) | {"return"} == set(hints), f"{name}: untyped {set(parameters) - set(hints)}"
         assert len(inspect.getdoc(function) or "") > 80, f"{name} has no real docstring"
     assert specs["device_in_use"].easel_spec["firstresult"] is True
+
+
+def test_job_settings_apply_only_inside_the_job_and_its_thread(context):
+    """``settings.for_this_job`` (the out-of-memory retry's values) is seen by that thread only, and only inside."""
+    import threading
+
+    seen_elsewhere = []
+    with context.settings.for_this_job({"presets.profile": "lowvram"}):
+        assert context.settings.get("presets.profile") == "lowvram"
+        other = threading.Thread(target=lambda: seen_elsewhere.append(context.settings.get("presets.profile")))
+        other.start()
+        other.join()
+    assert seen_elsewhere == ["custom"]
+    assert context.settings.get("presets.profile") == "custom"
+
+
+# ----- no module-level mutable state in extensions ----------------------------------------------
+
+#: Module-level calls that make no per-app state: loggers, compiled patterns, paths, and a lock that
+#: guards patching a library class (process-wide by nature).
+STATELESS_MODULE_CALLS = ("logging.getLogger", "re.compile", "Path(", "threading.Lock")
+MUTATING_METHODS = {"append", "extend", "insert", "update", "setdefault", "pop", "popitem", "clear", "add",
+                    "remove", "discard", "__setitem__"}
+
+
+def module_level_state_problems(source: str) -> list[str]:
+    """What in one extension module keeps state at module level: a ``global`` statement, a module-level
+    object made by a call (other than :data:`STATELESS_MODULE_CALLS`), or a module-level dict/list/set
+    that the module changes."""
+    import ast
+
+    tree = ast.parse(source)
+    problems = []
+    containers = {}
+    for node in tree.body:
+        if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
+            continue
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        names = [target.id for target in targets if isinstance(target, ast.Name)]
+        value = node.value
+        if isinstance(value, ast.Call) and not ast.unparse(value).startswith(STATELESS_MODULE_CALLS):
+            problems.append(f"line {node.lineno}: {', '.join(names)} = {ast.unparse(value)[:60]}")
+        if isinstance(value, (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)):
+            containers.update({name: node.lineno for name in names})
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            problems.append(f"line {node.lineno}: global {', '.join(node.names)}")
+        changed = None
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+            for target in node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]:
+                if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
+                    changed = target.value.id
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATING_METHODS
+                and isinstance(node.func.value, ast.Name)):
+            changed = node.func.value.id
+        if changed in containers:
+            problems.append(f"line {node.lineno}: changes the module-level {changed} (line {containers[changed]})")
+    return problems
+
+
+def test_extensions_keep_no_module_level_mutable_state():
+    """Per-app state lives in ``context.extension_state`` (two apps in one process, or an extension imported
+    twice, must not share or duplicate it)."""
+    from pathlib import Path
+
+    problems = {}
+    for path in sorted((Path(__file__).resolve().parent.parent / "extensions").rglob("*.py")):
+        found = module_level_state_problems(path.read_text(encoding="utf-8"))
+        if found:
+            problems[str(path)] = found
+    assert not problems, problems
+
+
+def test_the_state_check_finds_what_it_looks_for():
+    """The checker above flags a module-level cache, a cache object and ``global``; it leaves constants alone."""
+    assert module_level_state_problems("_HASHES = {}\ndef h(k):\n    _HASHES[k] = 1\n")
+    assert module_level_state_problems("SEEN = []\ndef f(x):\n    SEEN.append(x)\n")
+    assert module_level_state_problems("MODELS = registry.ModelCache()\n")
+    assert module_level_state_problems("count = 0\ndef f():\n    global count\n    count += 1\n")
+    assert not module_level_state_problems("CHOICES = ['a', 'b']\nTAG = re.compile('x')\ndef f():\n    "
+                                           "local = {}\n    local['a'] = CHOICES[0]\n")
+
+
+def test_extension_state_is_per_app(make_context, tmp_path):
+    """Two apps in one process keep their own Background model cache and LoRA hash cache."""
+    import sys
+
+    first, second = make_context(), make_context(data_dir=tmp_path / "other-data")
+    engine = sys.modules["easel_extensions.background.engine"]
+    lora = sys.modules["easel_extensions.lora"]
+    assert engine.model_cache(first) is engine.model_cache(first)
+    assert engine.model_cache(first) is not engine.model_cache(second)
+    assert first.extension_state["background"].models is engine.model_cache(first)
+    assert lora.hash_cache(first) is not lora.hash_cache(second)

@@ -76,14 +76,15 @@ class EaselContext:
             self.queue = create_queue(self)
         return self.queue
 
-    def call_hook(self, name: str, **kwargs: Any) -> list[Any]:
+    def call_hook(self, name: str, **kwargs: Any) -> Any:
         """Call hook ``name`` (see :mod:`webui.hookspecs`) on every enabled extension.
 
         For extensions that run their own jobs (the Background tab's inpainting) and want the
         per-job hooks (``before_generation``, ``pipeline_call_kwargs``, ``infotext_fields``,
         ``after_generation``, ``out_of_memory``) to apply as in txt2img. Pass the hook's
-        arguments by name; returns the implementations' non-None results. An implementation
-        that raises is reported and skipped, except :class:`webui.api.ExtensionError`, which
+        arguments by name; returns the implementations' non-None results (for a ``firstresult``
+        hook such as ``device_in_use``: the first answer, or None). An implementation that
+        raises is reported and skipped, except :class:`webui.api.ExtensionError`, which
         propagates (a refusal with a message for the user).
         """
         return self.plugins.call(name, **kwargs)

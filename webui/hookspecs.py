@@ -198,9 +198,13 @@ def out_of_memory(request: GenerationRequest, model: LoadedModel, context: Easel
     Called with the :class:`webui.api.GenerationRequest`, the :class:`webui.api.LoadedModel`
     it ran on, the app context and the ``torch.OutOfMemoryError``. Return None, or a dict
     with ``"advice"`` (a sentence telling the user which option would help) and optionally
-    ``"retry": True`` when the extension has switched the settings to a lower-memory
-    profile and the job should run again (Easel then reloads the model with the new
-    settings and retries, at most :data:`webui.api.MAX_OOM_RETRIES` times).
+    ``"retry": True`` with ``"settings"``: setting values (e.g. ``{"presets.profile":
+    "medvram"}``) that should make the job fit. Easel then reloads the model and runs this
+    job again with those values (at most :data:`webui.api.MAX_OOM_RETRIES` times); they apply
+    to this job only (``context.settings.get`` returns them inside the retried job's hooks,
+    since API 1.4), never to the app's settings or to later jobs, and once the job is over
+    the model is loaded again with the app's own settings. Do not change the app's settings
+    here: that would change them for every later user.
     """
 
 

@@ -16,12 +16,13 @@ attention is still an option of the attention extension). On the CPU there is no
 infotext says so.
 
 Out of memory: the advice names the options that are still off; with "retry" on, the job
-runs again under the next lower profile (custom -> medvram -> lowvram).
+runs again under the next lower profile (custom -> medvram -> lowvram). Only that job: the
+app's profile setting is left as it is, and the next job runs with it.
 """
 
 from webui.api import Setting, hookimpl, option_value
 
-EASEL_API_VERSION = "1.1"
+EASEL_API_VERSION = "1.4"  # out_of_memory answers with "settings" for the retried job only
 
 PROFILES = ["custom", "medvram", "lowvram"]
 
@@ -90,9 +91,9 @@ def out_of_memory(request, model, context, error):
     tips = advice(context, model.device)
     message = "Would help: " + "; ".join(tips) + "." if tips else "Already at the lowest-memory profile: " \
         "try a smaller size or batch."
-    profile = context.settings.get("presets.profile")
+    profile = context.settings.get("presets.profile")  # this job's: a retried job sees its lower profile
     if context.settings.get("presets.oom_retry") and profile != "lowvram":
         lower = PROFILES[PROFILES.index(profile) + 1]
-        context.settings.override("presets.profile", lower)
-        return {"advice": f"{message} Retrying with the {lower} profile.", "retry": True}
+        return {"advice": f"{message} Retrying with the {lower} profile.", "retry": True,
+                "settings": {"presets.profile": lower}}  # for this job only: the app's setting stays
     return {"advice": message}
