@@ -52,7 +52,21 @@ text an image carries (PNG text chunks, EXIF UserComment).
 Added in 1.4: pluggy calls the hooks (``@hookimpl(wrapper=True)``, ``tryfirst``/``trylast``
 work; old-style ``hookwrapper=True`` is refused at load); ``device_in_use`` is ``firstresult``
 (``EaselContext.call_hook`` then returns the first answer, not a list); a failing
-implementation is listed once per (extension, hook) with a count; the hookspecs are typed.
+implementation is listed once per (extension, hook) with a count; the hookspecs are typed;
+``out_of_memory`` answers may carry ``"settings"`` that apply to the retried job only;
+:data:`NAMES_SINCE` and :data:`HOOKS_SINCE` say which version introduced each name and hook.
+
+Constants: ``API_VERSION`` (this Easel's extension API, ``"MAJOR.MINOR"``); ``TASKS`` (the job
+tasks: txt2img, img2img, inpaint); ``RESIZE_MODES`` and ``MASKED_CONTENT`` (A1111's img2img
+resize modes and inpaint fill modes, by index); ``FAMILIES`` (the model family names) and
+``FAMILY_LABELS`` (family -> label for the UI); ``SAMPLERS`` and ``SCHEDULE_TYPES`` (A1111
+sampler and schedule type names); ``MAX_OOM_RETRIES`` (how often one job is retried after
+running out of memory); ``LR_SCHEDULERS`` and ``MIXED_PRECISION`` (the training options'
+choices).
+
+Which version introduced a name: an extension that declares ``EASEL_API_VERSION = "1.2"`` may
+use every name, member and hook whose entry in :data:`NAMES_SINCE` / :data:`HOOKS_SINCE` is
+1.2 or older (a test checks the built-ins against these tables).
 """
 
 from __future__ import annotations
@@ -318,8 +332,73 @@ class UIContext:
         self.context.settings.remember(scope, values)
 
 
+#: The API version that introduced each public name of this module and each public member of
+#: its classes (``"Class.member"``; members not listed came with their class). An extension
+#: declaring ``EASEL_API_VERSION`` older than a name's entry must not use that name.
+NAMES_SINCE: dict[str, str] = {
+    # 1.0: the spine
+    **dict.fromkeys([
+        "API_VERSION", "Control", "EaselContext", "EaselError", "ExtensionError", "FAMILIES", "FAMILY_LABELS",
+        "GenerationError", "GenerationRequest", "GenerationResult", "ImageRecord", "Job", "LoadedModel",
+        "ModelSource", "RefinerOptions", "RequestError", "SAMPLERS", "SCHEDULE_TYPES", "Setting", "Tab",
+        "UIContext", "build_infotext", "hookimpl", "make_scheduler", "parse_infotext", "prompt_arguments",
+        "read_infotext", "resolve_seed", "samplers_for", "schedule_types_for", "save_image",
+        # LoRA training, public since the Train tab came (API 1.0)
+        "LR_SCHEDULERS", "MIXED_PRECISION", "TrainConfig", "TrainingConfigError", "TrainingProcess",
+        "read_training_events", "EaselContext.lora_dir", "EaselContext.datasets_dir", "EaselContext.training_dir",
+        "EaselContext.list_models", "EaselContext.family_of", "EaselContext.extensions",
+        "UIContext.render_generation_controls", "UIContext.last_used", "UIContext.remember", "UIContext.context",
+        "EaselContext.models_dir", "EaselContext.outputs_dir", "EaselContext.data_dir",
+        "EaselContext.default_model", "EaselContext.max_side",
+        "LoadedModel.name", "LoadedModel.family", "LoadedModel.pipeline", "LoadedModel.device", "LoadedModel.dtype",
+        "LoadedModel.source", "LoadedModel.base_scheduler_config", "LoadedModel.extension_state",
+        "LoadedModel.model_hash",
+        *(f"GenerationRequest.{name}" for name in (
+            "prompt", "negative_prompt", "model", "steps", "cfg_scale", "width", "height", "seed", "batch_count",
+            "batch_size", "sampler", "schedule_type", "refiner", "save", "extras")),
+    ], "1.0"),
+    # 1.1: memory options
+    **dict.fromkeys([
+        "MAX_OOM_RETRIES", "denoiser_of", "device_memory", "format_size", "is_available", "module_bytes",
+        "option_availability", "option_value", "parse_size", "pipeline_modules",
+        "EaselContext.call_hook", "EaselContext.extension_infotext_fields", "EaselContext.extension_call_kwargs",
+        "EaselContext.out_of_memory_answers",
+    ], "1.1"),
+    # 1.2: per-app extension state, page loads, model sources
+    **dict.fromkeys([
+        "training_log_tail", "EaselContext.extension_state", "EaselContext.model_source",
+        "EaselContext.native_size_of", "UIContext.on_page_load",
+    ], "1.2"),
+    # 1.3: one job path, one queue, the family table, sending between tabs
+    **dict.fromkeys([
+        "Family", "MASKED_CONTENT", "QueueFullError", "RESIZE_MODES", "TASKS", "family_spec", "flatten",
+        "follow_job", "generation_form", "image_to_png", "mask_from_image", "picked_image", "png_to_image",
+        "read_image_text", "resize_image", "resolve_sampler",
+        "EaselContext.generate", "EaselContext.submit", "EaselContext.job_queue", "EaselContext.device_in_use",
+        "LoadedModel.spec", "UIContext.share_fields", "UIContext.shared_fields", "UIContext.send_to",
+        "UIContext.send_image_button",
+        *(f"GenerationRequest.{name}" for name in (
+            "task", "init_image", "mask", "denoising_strength", "resize_mode", "mask_blur", "inpainting_fill",
+            "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "infotext_extra")),
+    ], "1.3"),
+    # 1.4: pluggy calls the hooks; the version tables
+    **dict.fromkeys(["NAMES_SINCE", "HOOKS_SINCE"], "1.4"),
+}
+
+#: The API version that introduced each hook of :mod:`webui.hookspecs`.
+HOOKS_SINCE: dict[str, str] = {
+    **dict.fromkeys(["register_settings", "register_tabs", "register_generation_controls", "app_started",
+                     "configure_pipeline", "before_generation", "pipeline_call_kwargs", "after_generation",
+                     "infotext_fields"], "1.0"),
+    **dict.fromkeys(["option_availability", "out_of_memory", "preset_values"], "1.1"),
+    "device_in_use": "1.3",
+}
+
+
 __all__ = [
     "API_VERSION",
+    "HOOKS_SINCE",
+    "NAMES_SINCE",
     "Control",
     "EaselContext",
     "EaselError",
