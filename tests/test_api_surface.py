@@ -16,9 +16,10 @@ from webui.plugins import API_VERSION, BUILTIN_EXTENSIONS
 EXTENSIONS_DIR = Path(__file__).resolve().parent.parent / "extensions"
 
 #: Hook arguments are named by their spec, so ``context.x`` / ``ui.x`` / ``model.x`` / ``request.x``
-#: in an extension reach a member of these public classes.
+#: in an extension reach a member of these public classes (``form`` is how the generation tabs name
+#: the ``generation_form`` module).
 RECEIVER_CLASSES = {"context": "EaselContext", "ui": "UIContext", "model": "LoadedModel",
-                    "request": "GenerationRequest"}
+                    "request": "GenerationRequest", "form": "generation_form", "generation_form": "generation_form"}
 
 
 #: Attributes of the public classes that built-ins still reach although they are not public API

@@ -54,6 +54,9 @@ work; old-style ``hookwrapper=True`` is refused at load); ``device_in_use`` is `
 (``EaselContext.call_hook`` then returns the first answer, not a list); a failing
 implementation is listed once per (extension, hook) with a count; the hookspecs are typed;
 ``out_of_memory`` answers may carry ``"settings"`` that apply to the retried job only;
+``generation_form.wire_generate`` gives a generation endpoint one ``extras`` dict for the
+extension controls (the txt2img and img2img endpoints' signatures no longer change with the
+loaded extensions: ``extras={"lora.names": [...]}``);
 :data:`NAMES_SINCE` and :data:`HOOKS_SINCE` say which version introduced each name and hook.
 
 Constants: ``API_VERSION`` (this Easel's extension API, ``"MAJOR.MINOR"``); ``TASKS`` (the job
@@ -377,12 +380,15 @@ NAMES_SINCE: dict[str, str] = {
         "EaselContext.generate", "EaselContext.submit", "EaselContext.job_queue", "EaselContext.device_in_use",
         "LoadedModel.spec", "UIContext.share_fields", "UIContext.shared_fields", "UIContext.send_to",
         "UIContext.send_image_button",
+        *(f"generation_form.{name}" for name in (
+            'model_choices', 'model_note', 'all_samplers', 'ModelPicker', 'render_model_picker', 'render_prompt_row', 'Sampling', 'render_sampling', 'render_size', 'render_batch', 'Outputs', 'render_outputs', 'render_send_buttons', 'wire_model_follow', 'job_updates', 'stop_job', 'wire_stop_buttons')),
         *(f"GenerationRequest.{name}" for name in (
             "task", "init_image", "mask", "denoising_strength", "resize_mode", "mask_blur", "inpainting_fill",
             "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "infotext_extra")),
     ], "1.3"),
     # 1.4: pluggy calls the hooks; the version tables
-    **dict.fromkeys(["NAMES_SINCE", "HOOKS_SINCE"], "1.4"),
+    **dict.fromkeys(["NAMES_SINCE", "HOOKS_SINCE", "generation_form.wire_generate", "generation_form.extras_value"],
+                    "1.4"),
 }
 
 #: The API version that introduced each hook of :mod:`webui.hookspecs`.
