@@ -18,13 +18,15 @@ Registration hooks take a ``register`` callback (as ``llm`` does) instead of ret
 lists, so one extension can register several things and the types stay checked.
 
 The per-job hooks (``before_generation``, ``pipeline_call_kwargs``, ``infotext_fields``,
-``after_generation``, ``out_of_memory``) run for txt2img and also for the Background tab's
-inpainting. Its request is a :class:`webui.api.GenerationRequest` too: the background prompt
-and negative, the model, steps, CFG, seed, sampler, and ``width``/``height`` = the size the
-inpainting pipeline works at; ``extras["background.task"] == "inpaint"`` tells it apart, with
-``extras["background.strength"]`` (denoising strength) and ``extras["background.input_size"]``
-(``(width, height)`` of the user's image). Keyword arguments from ``pipeline_call_kwargs``
-reach the inpainting pipeline's call, so return only arguments it takes for such a request.
+``after_generation``, ``out_of_memory``) run for every image job, whatever its task
+(``request.task``: txt2img, img2img, inpaint), the Background tab's repaint included: it is an
+``inpaint`` job. Its request carries the background prompt and negative, the model, steps,
+CFG, seed, sampler, and ``width``/``height`` = the size the inpainting pipeline works at;
+``extras["background.task"] == "inpaint"`` tells it apart from the img2img tab's inpainting,
+with ``extras["background.strength"]`` (denoising strength) and
+``extras["background.input_size"]`` (``(width, height)`` of the user's image). Keyword
+arguments from ``pipeline_call_kwargs`` reach the pipeline of the job's task, so return only
+arguments that pipeline takes (check ``request.task``).
 """
 
 from __future__ import annotations

@@ -9,10 +9,12 @@ Three sources of extensions:
 
 An extension that fails to import, declares an incompatible API version, or raises in a
 hook is recorded in :attr:`PluginHost.failures` (shown on the Extensions page) and
-skipped; the app keeps running. Hooks are called by pluggy itself (wrappers, ``firstresult``,
-``tryfirst``/``trylast`` work as pluggy documents); each implementation is wrapped so that
-its failure is recorded once per (extension, hook) pair, with a count, and the call goes on. :class:`webui.api.ExtensionError` is the exception for
+skipped; the app keeps running. :class:`webui.api.ExtensionError` is the exception for
 refusing a request with a message for the user: it is passed on, not swallowed.
+
+Hooks are called by pluggy itself (wrappers, ``firstresult``, ``tryfirst``/``trylast`` work as
+pluggy documents); each implementation is wrapped so that its failure is recorded once per
+(extension, hook) pair, with a count, and the call goes on with the others.
 """
 
 from __future__ import annotations
