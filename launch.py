@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                         help="GPU memory Easel may use (e.g. 6GB); offload 'auto' picks the mode that fits")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="also list and load .ckpt/.pt pickle checkpoints (they can run arbitrary code)")
+    parser.add_argument("--allow-extension-install", action="store_true",
+                        help="offer the Extensions page's 'Install requirements' button even when serving beyond "
+                             "this machine (it is offered on 127.0.0.1 only by default)")
     parser.add_argument("--skip-install", action="store_true", help="do not check or install requirements")
     parser.add_argument("--test", action="store_true",
                         help="set up, then run the test suite; arguments after -- go to pytest")

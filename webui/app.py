@@ -35,6 +35,8 @@ class AppOptions:
     max_side: int = 2048
     max_loaded: int = 2
     allow_pickle: bool = False
+    allow_extension_install: bool = False
+    """Offer "Install requirements" on the Extensions page (the server sets it when bound to localhost)."""
     entry_points: bool = True
     disabled_extensions: set[str] = field(default_factory=set)
     extra_plugins: dict[str, object] = field(default_factory=dict)  # name -> already imported extension
@@ -87,6 +89,7 @@ def create_context(options: AppOptions) -> EaselContext:
         data_dir=Path(options.data_dir),
         default_model=options.model or catalog.default_name(),
         max_side=options.max_side,
+        extension_install_allowed=options.allow_extension_install,
     )
     context.queue = create_queue(context)
     context_holder.append(context)

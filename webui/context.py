@@ -28,6 +28,9 @@ class EaselContext:
     data_dir: Path
     default_model: str = "tiny"
     max_side: int = 2048
+    extension_install_allowed: bool = False
+    """Whether the Extensions page may run pip for missing requirements (a localhost server, or
+    ``--allow-extension-install``); never true for a server reachable from other machines by default."""
     extension_state: dict[str, Any] = field(default_factory=dict)
     queue: "JobQueue | None" = field(default=None, repr=False)
     """The device's job queue (created with the app); use :meth:`submit` / :meth:`generate`."""

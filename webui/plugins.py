@@ -55,6 +55,10 @@ class ExtensionInfo:
     description: str = ""
     requirements: list[str] = field(default_factory=list)
     error: str = ""
+    version: str = ""
+    """The extension's own version: its package's version, else its module's ``__version__``."""
+    api_version: str = ""
+    """The ``EASEL_API_VERSION`` it declares (empty: none declared)."""
 
 
 @dataclass
@@ -75,6 +79,22 @@ class ExtensionFailure:
     def __str__(self) -> str:
         times = f" ({self.count} times)" if self.count > 1 else ""
         return f"{self.stage}: {self.message}{times}"
+
+
+def _extension_version(plugin: Any, origin: str) -> str:
+    """A package's installed version, else the module's ``__version__``, else "" (built-ins: Easel's)."""
+    if origin == "builtin":
+        from webui import __version__
+
+        return __version__
+    module_name = getattr(plugin, "__name__", "") or ""
+    distributions = metadata.packages_distributions().get(module_name.split(".")[0], [])
+    for distribution in distributions:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return str(getattr(plugin, "__version__", "") or "")
 
 
 def api_version_compatible(required: str | None) -> bool:
@@ -168,7 +188,9 @@ class PluginHost:
             doc_lines = (getattr(plugin, "__doc__", None) or "").strip().splitlines()
             info.description = doc_lines[0] if doc_lines else ""
             info.requirements = list(getattr(plugin, "REQUIREMENTS", []) or [])
+            info.version = _extension_version(plugin, origin)
             required = getattr(plugin, "EASEL_API_VERSION", None)
+            info.api_version = str(required or "")
             if not api_version_compatible(required):
                 raise ExtensionError(f"needs extension API {required}, this Easel provides {API_VERSION}")
             self.pm.register(plugin, name=name)

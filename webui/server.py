@@ -24,6 +24,8 @@ def options_from_args(args: Any) -> AppOptions:
         model=args.model,
         max_side=args.max_size,
         allow_pickle=args.allow_pickle,
+        allow_extension_install=bool(getattr(args, "allow_extension_install", False))
+        or not (args.listen or args.share),
         disabled_extensions=set(args.disable_extension),
         setting_overrides=memory_overrides(args),
     )
