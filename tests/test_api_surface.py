@@ -25,7 +25,7 @@ RECEIVER_CLASSES = {"context": "EaselContext", "ui": "UIContext", "model": "Load
 #: Attributes of the public classes that built-ins still reach although they are not public API
 #: (internals: the settings store, the pipeline manager, the manager's placement flag). API 2.0's
 #: context facade is to replace them; until then this list may only shrink.
-KNOWN_INTERNALS = {"EaselContext.settings", "EaselContext.pipelines", "LoadedModel.placement_done"}
+KNOWN_INTERNALS = {"LoadedModel.placement_done"}
 
 
 def version(text: str) -> tuple[int, int]:

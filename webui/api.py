@@ -387,7 +387,9 @@ NAMES_SINCE: dict[str, str] = {
             "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "infotext_extra")),
     ], "1.3"),
     # 1.4: pluggy calls the hooks; the version tables
-    **dict.fromkeys(["NAMES_SINCE", "HOOKS_SINCE", "generation_form.wire_generate", "generation_form.extras_value"],
+    **dict.fromkeys(["NAMES_SINCE", "HOOKS_SINCE", "generation_form.wire_generate", "generation_form.extras_value",
+                     "EaselContext.setting", "EaselContext.set_setting", "EaselContext.device",
+                     "EaselContext.device_lock", "EaselContext.extension_failures", "EaselContext.extension_install_allowed"],
                     "1.4"),
 }
 

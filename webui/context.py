@@ -71,6 +71,32 @@ class EaselContext:
         ``queue.wait(job)`` for the result, ``queue.cancel(job)`` to cancel or interrupt it."""
         return self.job_queue().submit(request, job)
 
+    def setting(self, key: str, default: Any = None) -> Any:
+        """The value of setting ``key`` (API 1.4): the saved value, else its default, else ``default``.
+
+        Inside a job this is the job's value (a job retried after running out of memory may run
+        under a lower memory profile than the app's setting).
+        """
+        return self.settings.get(key, default)
+
+    def set_setting(self, key: str, value: Any) -> Any:
+        """Validate and save setting ``key`` (API 1.4); returns the stored value, raises ValueError."""
+        return self.settings.set(key, value)
+
+    @property
+    def device(self) -> Any:
+        """The ``torch.device`` the app's jobs run on (API 1.4)."""
+        return self.pipelines.device
+
+    def device_lock(self) -> Any:
+        """The lock held while something uses the app's device (API 1.4); hold it for your own
+        model work outside the job queue (``with context.device_lock(): ...``)."""
+        return self.pipelines.device_lock()
+
+    def extension_failures(self) -> list[Any]:
+        """Every failing (extension, stage) pair with its count (API 1.4), for the Extensions page."""
+        return list(self.plugins.failures)
+
     def job_queue(self) -> "JobQueue":
         """The device's job queue (made on first use for a context built without one)."""
         if self.queue is None:

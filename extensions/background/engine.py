@@ -104,7 +104,7 @@ class ReplaceResult:
 
 
 def _device(context) -> torch.device:
-    return context.pipelines.device
+    return context.device
 
 
 def detect_subject(context, image: Image.Image, prompt: str, detector: str, box_threshold: float = 0.35,
@@ -114,7 +114,7 @@ def detect_subject(context, image: Image.Image, prompt: str, detector: str, box_
         raise RequestError("Type what to keep (the subject prompt), e.g. \"the dog\"")
     model = model_cache(context).detector(context.models_dir, detector)
     work = to_model_size(image, work_side, multiple=1)
-    with context.pipelines.device_lock():
+    with context.device_lock():
         try:
             model.to(_device(context))
             found = model.detect(work, prompt, box_threshold=box_threshold, text_threshold=text_threshold)
@@ -139,7 +139,7 @@ def segment_subject(context, image: Image.Image, boxes: list[tuple[float, float,
     work = to_model_size(image, work_side, multiple=1)
     factor_x, factor_y = work.width / image.width, work.height / image.height
     scaled = [(x0 * factor_x, y0 * factor_y, x1 * factor_x, y1 * factor_y) for x0, y0, x1, y1 in boxes]
-    with context.pipelines.device_lock():
+    with context.device_lock():
         try:
             model.to(_device(context))
             mask = model.segment(work, scaled)

@@ -31,7 +31,7 @@ PIP_TIMEOUT_SECONDS = 900
 
 def saved_disabled(ui: UIContext) -> set[str]:
     """The extensions saved as disabled (applied at start)."""
-    return set(ui.context.settings.get(DISABLED_SETTING, []) or [])
+    return set(ui.context.setting(DISABLED_SETTING, []) or [])
 
 
 def status_text(info, disabled_next: set[str]) -> str:
@@ -49,7 +49,7 @@ def extension_rows(ui: UIContext) -> list[list[str]]:
     context = ui.context
     disabled_next = saved_disabled(ui)
     failures: dict[str, list[str]] = {}
-    for failure in context.plugins.failures:
+    for failure in context.extension_failures():
         failures.setdefault(failure.extension, []).append(str(failure))
     rows = []
     for info in context.extensions():
@@ -124,7 +124,7 @@ def render_extensions_tab(ui: UIContext) -> None:
 
     def save_choice(chosen: list[str]):
         disabled = sorted(set(names) - set(chosen or []))
-        context.settings.set(DISABLED_SETTING, disabled)
+        context.set_setting(DISABLED_SETTING, disabled)
         change = ", ".join(disabled) if disabled else "none"
         return (f"Saved. Disabled from the next start: {change}. Restart Easel to apply it.",
                 extension_rows(ui))

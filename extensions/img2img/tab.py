@@ -152,11 +152,11 @@ def render_img2img_tab(ui: UIContext) -> None:
             mask_blur=int(blur), inpainting_fill=MASKED_CONTENT.index(content) if content in MASKED_CONTENT else 1,
             inpaint_full_res=area == INPAINT_AREAS[1], inpaint_full_res_padding=int(area_padding),
             inpainting_mask_invert=mask_mode_value == MASK_MODES[1],
-            save=bool(context.settings.get("img2img.save_images", True)),
+            save=bool(context.setting("img2img.save_images", True)),
             extras=form.extras_value(extras),
         )
         ui.remember(SCOPE, {key: getattr(request, key) for key in REMEMBERED})
-        yield from form.job_updates(ui, request, holder, bool(context.settings.get("txt2img.preview", True)))
+        yield from form.job_updates(ui, request, holder, bool(context.setting("txt2img.preview", True)))
 
     inputs = [job_holder, mode, picker.model, prompt, negative, image, editor, mask_upload, mask_blur, masked_content,
               inpaint_area, padding, mask_mode, resize_mode, sampling.sampler, sampling.schedule, sampling.steps,

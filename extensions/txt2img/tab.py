@@ -56,11 +56,11 @@ def render_txt2img_tab(ui: UIContext) -> None:
             batch_size=int(batch_size),
             refiner=RefinerOptions(model=refiner_model, switch_at=float(refiner_switch_at))
             if use_refiner and refiner_model else None,
-            save=bool(context.settings.get("txt2img.save_images", True)),
+            save=bool(context.setting("txt2img.save_images", True)),
             extras=form.extras_value(extras),
         )
         ui.remember(SCOPE, {key: getattr(request, key) for key in REMEMBERED})
-        yield from form.job_updates(ui, request, holder, bool(context.settings.get("txt2img.preview", True)))
+        yield from form.job_updates(ui, request, holder, bool(context.setting("txt2img.preview", True)))
 
     ui.share_fields(SCOPE, {"prompt": prompt, "negative_prompt": negative, "model": picker.model,
                             "sampler": sampling.sampler, "schedule_type": sampling.schedule, "steps": sampling.steps,
