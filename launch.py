@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--allow-lan-downloads", action="store_true",
                         help="let the Models page download from private/LAN addresses and plain http:// URLs "
                              "(refused by default when serving beyond localhost)")
+    parser.add_argument("--allow-extension-install", action="store_true",
+                        help="offer the Extensions page's 'Install requirements' button even when serving beyond "
+                             "this machine (it is offered on 127.0.0.1 only by default)")
     parser.add_argument("--skip-install", action="store_true", help="do not check or install requirements")
     parser.add_argument("--test", action="store_true",
                         help="set up, then run the test suite; arguments after -- go to pytest")

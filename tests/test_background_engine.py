@@ -260,10 +260,10 @@ def test_on_the_gpu_detector_and_segmenter_go_back_to_the_cpu(make_context):
     context = make_context(device="cuda")
     image, truth = scene()
     found = engine.detect_subject(context, image, "the square", registry.TINY_DETECTOR, 0.0, 0.0)
-    assert found and engine.MODELS.detector(context.models_dir, registry.TINY_DETECTOR).device.type == "cpu"
+    assert found and engine.model_cache(context).detector(context.models_dir, registry.TINY_DETECTOR).device.type == "cpu"
     mask = engine.segment_subject(context, image, [found[0].box], registry.TINY_SAM)
     assert mask.shape == truth.shape
-    assert engine.MODELS.segmenter(context.models_dir, registry.TINY_SAM).device.type == "cpu"
+    assert engine.model_cache(context).segmenter(context.models_dir, registry.TINY_SAM).device.type == "cpu"
     result = engine.replace_background(context, image, truth, options(save=False))
     core = masks.grow(truth, -3)
     assert np.array_equal(np.asarray(result.image)[core], np.asarray(image)[core])
@@ -306,8 +306,8 @@ def test_detector_and_segmenter_run_on_the_device_and_go_back_to_the_cpu(context
 
     monkeypatch.setattr(engine, "_device", lambda context: torch.device("cuda", 1))
     image, _truth = scene()
-    detector = engine.MODELS.detector(context.models_dir, registry.TINY_DETECTOR)
-    segmenter = engine.MODELS.segmenter(context.models_dir, registry.TINY_SAM)
+    detector = engine.model_cache(context).detector(context.models_dir, registry.TINY_DETECTOR)
+    segmenter = engine.model_cache(context).segmenter(context.models_dir, registry.TINY_SAM)
     detector_visits, segmenter_visits = DeviceVisits(), DeviceVisits()
     detector_visits.install(monkeypatch, detector, "detect", fail=fails)
     segmenter_visits.install(monkeypatch, segmenter, "segment", fail=fails)

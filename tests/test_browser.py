@@ -139,3 +139,16 @@ def test_png_info_round_trip_draws_the_same_image(page, tmp_path):
     assert np.array_equal(a, b), np.abs(a.astype(int) - b.astype(int)).max()
     verdict = judge(Image.open(io.BytesIO(second)))
     assert (verdict.colour, verdict.background) == ("green", "yellow"), verdict
+
+
+def test_an_extension_control_set_in_the_page_reaches_the_job(page):
+    """The page gathers the extension controls into the endpoint's one ``extras`` dict: a LoRA picked in
+    txt2img's LoRA control reaches the LoRA extension, which refuses a name that is not installed."""
+    page.get_by_role("tab", name="txt2img").first.click()
+    names = page.locator("#txt2img-lora-names input").first
+    names.click()
+    names.fill("no_such_lora")
+    names.press("Enter")
+    page.locator("#txt2img-generate").click()
+    page.get_by_text("LoRA not found").first.wait_for(state="visible", timeout=120_000)
+    assert "no_such_lora" in page.content()

@@ -214,3 +214,291 @@ def test_installed_package_entry_point_is_discovered(make_context, tmp_path, mon
 
     create_blocks(context)  # the exploding tab shows its error; the app is built
     assert any(f.extension == "fake-tab" and f.stage == "render" for f in context.plugins.failures)
+
+
+# ----- pluggy's own hook calling, with failure isolation ---------------------------------------
+
+def test_wrapper_hook_sees_and_changes_the_result(make_context):
+    """A ``wrapper=True`` implementation runs around the others and its return value is the result."""
+    seen = []
+
+    class Plain:
+        """Adds one infotext field."""
+
+        @hookimpl
+        def infotext_fields(self, request, model):
+            return {"Plain": "one"}
+
+    class Wrapper:
+        """Renames every field the others return and adds its own."""
+
+        @hookimpl(wrapper=True)
+        def infotext_fields(self, request, model):
+            results = yield
+            seen.append([dict(fields) for fields in results])
+            return [{f"Wrapped {key}": value for key, value in fields.items()} for fields in results] + [
+                {"Wrapper": "yes"}]
+
+    context = make_context(extra_plugins={"plain": Plain(), "wrapper": Wrapper()})
+    result = context.generate(GenerationRequest(**SMALL))
+    infotext = result.images[0].infotext
+    assert {"Plain": "one"} in seen[0]  # the wrapper saw the other extension's answer
+    assert "Wrapped Plain: one" in infotext and "Wrapper: yes" in infotext
+    assert "Plain: one" not in infotext.replace("Wrapped Plain: one", "")
+    assert not context.plugins.failures, context.plugins.failures
+
+
+def test_firstresult_hook_stops_at_the_first_answer(context):
+    """``device_in_use`` is ``firstresult``: the first non-None answer is the result, later ones are not asked."""
+    asked = []
+
+    class Idle:
+        @hookimpl
+        def device_in_use(self):
+            asked.append("idle")
+            return None
+
+    class Busy:
+        @hookimpl
+        def device_in_use(self):
+            asked.append("busy")
+            return "busy training"
+
+    class AlsoBusy:
+        @hookimpl(trylast=True)
+        def device_in_use(self):
+            asked.append("also busy")
+            return "never asked"
+
+    assert context.plugins.is_firstresult("device_in_use")
+    context.plugins.register_object("also_busy", AlsoBusy())
+    context.plugins.register_object("busy", Busy())
+    context.plugins.register_object("idle", Idle())  # registered last: pluggy asks it first
+    assert context.plugins.call("device_in_use", context=context) == "busy training"
+    assert context.device_in_use() == "busy training"
+    assert asked.count("also busy") == 0 and asked.count("idle") == 2 and asked.count("busy") == 2
+
+
+def bare_host(**plugins):
+    """A plugin host holding only ``plugins`` (no built-ins): hook calls see exactly these."""
+    from webui.plugins import PluginHost
+
+    host = PluginHost()
+    for name, plugin in plugins.items():
+        host.register_object(name, plugin)
+    return host
+
+
+def test_failing_hook_is_reported_once_with_its_count():
+    """A hook that raises on every call is one failure entry with a count; the other results still come back."""
+
+    class Broken:
+        @hookimpl
+        def infotext_fields(self, request, model):
+            raise RuntimeError("broken every time")
+
+    class Works:
+        @hookimpl
+        def infotext_fields(self, request, model):
+            return {"Works": request.prompt}
+
+    host = bare_host(broken=Broken(), works=Works())
+    calls = 5
+    for number in range(calls):
+        results = host.call("infotext_fields", request=GenerationRequest(**dict(SMALL, prompt=str(number))),
+                            model=None)
+        assert results == [{"Works": str(number)}]
+    assert len(host.failures) == 1, host.failures
+    failure = host.failures[0]
+    assert (failure.extension, failure.stage, failure.count) == ("broken", "infotext_fields", calls)
+    assert "broken every time" in failure.message and "RuntimeError" in failure.traceback
+    assert host.failure_count("broken", "infotext_fields") == calls
+    assert host.extensions["broken"].status == "loaded" and f"({calls} times)" in host.extensions["broken"].error
+
+
+def test_failing_wrapper_passes_the_result_through():
+    """A wrapper that raises after its ``yield`` is reported; the call returns the others' results unchanged."""
+
+    class BrokenWrapper:
+        @hookimpl(wrapper=True)
+        def infotext_fields(self, request, model):
+            yield
+            raise ValueError("wrapper broke")
+
+    class Works:
+        @hookimpl
+        def infotext_fields(self, request, model):
+            return {"Works": "yes"}
+
+    class BrokenBeforeYield:
+        @hookimpl(wrapper=True)
+        def infotext_fields(self, request, model):
+            raise KeyError("before the yield")
+            yield  # noqa: unreachable - makes this a generator
+
+    host = bare_host(works=Works(), broken_wrapper=BrokenWrapper(), broken_early=BrokenBeforeYield())
+    for _ in range(3):
+        assert host.call("infotext_fields", request=None, model=None) == [{"Works": "yes"}]
+    assert host.failure_count("broken_wrapper", "infotext_fields") == 3
+    assert host.failure_count("broken_early", "infotext_fields") == 3
+    assert len(host.failures) == 2
+
+
+def test_extension_error_still_propagates_through_wrappers():
+    """A refusal (``ExtensionError``) is not isolated: the caller gets it, and a wrapper sees it."""
+    seen = []
+
+    class Refuses:
+        @hookimpl
+        def before_generation(self, request):
+            raise ExtensionError("refused")
+
+    class Watches:
+        @hookimpl(wrapper=True)
+        def before_generation(self, request):
+            try:
+                return (yield)
+            except ExtensionError as error:
+                seen.append(str(error))
+                raise
+
+    host = bare_host(refuses=Refuses(), watches=Watches())
+    with pytest.raises(ExtensionError, match="refused"):
+        host.call("before_generation", request=None, model=None, context=None)
+    assert seen == ["refused"] and not host.failures
+
+
+def test_old_style_hookwrapper_is_refused_at_load():
+    """``hookwrapper=True`` (pluggy's old style) cannot be isolated: the extension is refused with a message."""
+
+    class OldStyle:
+        @hookimpl(hookwrapper=True)
+        def infotext_fields(self, request, model):
+            yield
+
+    host = bare_host(old_style=OldStyle())
+    assert host.extensions["old_style"].status == "failed" and "wrapper=True" in host.extensions["old_style"].error
+    assert host.call("infotext_fields", request=None, model=None) == []
+
+
+def test_every_hookspec_is_typed_and_documented():
+    """pytest-style hookspecs: each parameter and the return carry a type that resolves, and a docstring."""
+    import inspect
+    import typing
+
+    import torch
+
+    import webui.api
+    import webui.config
+    import webui.context
+    import webui.jobs
+    import webui.pipelines.manager
+    from webui import hookspecs
+
+    namespace = {**vars(hookspecs), "torch": torch, "Control": webui.api.Control, "Tab": webui.api.Tab,
+                 "Setting": webui.config.Setting, "EaselContext": webui.context.EaselContext,
+                 "GenerationRequest": webui.jobs.GenerationRequest, "GenerationResult": webui.jobs.GenerationResult,
+                 "LoadedModel": webui.pipelines.manager.LoadedModel}
+    specs = {name: function for name, function in vars(hookspecs).items()
+             if inspect.isfunction(function) and hasattr(function, f"{hookspecs.PROJECT_NAME}_spec")}
+    assert len(specs) >= 13, sorted(specs)
+    for name, function in specs.items():
+        parameters = inspect.signature(function).parameters
+        hints = typing.get_type_hints(function, globalns=namespace)  # raises on a misspelt type
+        assert set(parameters) | {"return"} == set(hints), f"{name}: untyped {set(parameters) - set(hints)}"
+        assert len(inspect.getdoc(function) or "") > 80, f"{name} has no real docstring"
+    assert specs["device_in_use"].easel_spec["firstresult"] is True
+
+
+def test_job_settings_apply_only_inside_the_job_and_its_thread(context):
+    """``settings.for_this_job`` (the out-of-memory retry's values) is seen by that thread only, and only inside."""
+    import threading
+
+    seen_elsewhere = []
+    with context.settings.for_this_job({"presets.profile": "lowvram"}):
+        assert context.settings.get("presets.profile") == "lowvram"
+        other = threading.Thread(target=lambda: seen_elsewhere.append(context.settings.get("presets.profile")))
+        other.start()
+        other.join()
+    assert seen_elsewhere == ["custom"]
+    assert context.settings.get("presets.profile") == "custom"
+
+
+# ----- no module-level mutable state in extensions ----------------------------------------------
+
+#: Module-level calls that make no per-app state: loggers, compiled patterns, paths, and a lock that
+#: guards patching a library class (process-wide by nature).
+STATELESS_MODULE_CALLS = ("logging.getLogger", "re.compile", "Path(", "threading.Lock")
+MUTATING_METHODS = {"append", "extend", "insert", "update", "setdefault", "pop", "popitem", "clear", "add",
+                    "remove", "discard", "__setitem__"}
+
+
+def module_level_state_problems(source: str) -> list[str]:
+    """What in one extension module keeps state at module level: a ``global`` statement, a module-level
+    object made by a call (other than :data:`STATELESS_MODULE_CALLS`), or a module-level dict/list/set
+    that the module changes."""
+    import ast
+
+    tree = ast.parse(source)
+    problems = []
+    containers = {}
+    for node in tree.body:
+        if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
+            continue
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        names = [target.id for target in targets if isinstance(target, ast.Name)]
+        value = node.value
+        if isinstance(value, ast.Call) and not ast.unparse(value).startswith(STATELESS_MODULE_CALLS):
+            problems.append(f"line {node.lineno}: {', '.join(names)} = {ast.unparse(value)[:60]}")
+        if isinstance(value, (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)):
+            containers.update({name: node.lineno for name in names})
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            problems.append(f"line {node.lineno}: global {', '.join(node.names)}")
+        changed = None
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+            for target in node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]:
+                if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
+                    changed = target.value.id
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATING_METHODS
+                and isinstance(node.func.value, ast.Name)):
+            changed = node.func.value.id
+        if changed in containers:
+            problems.append(f"line {node.lineno}: changes the module-level {changed} (line {containers[changed]})")
+    return problems
+
+
+def test_extensions_keep_no_module_level_mutable_state():
+    """Per-app state lives in ``context.extension_state`` (two apps in one process, or an extension imported
+    twice, must not share or duplicate it)."""
+    from pathlib import Path
+
+    problems = {}
+    for path in sorted((Path(__file__).resolve().parent.parent / "extensions").rglob("*.py")):
+        found = module_level_state_problems(path.read_text(encoding="utf-8"))
+        if found:
+            problems[str(path)] = found
+    assert not problems, problems
+
+
+def test_the_state_check_finds_what_it_looks_for():
+    """The checker above flags a module-level cache, a cache object and ``global``; it leaves constants alone."""
+    assert module_level_state_problems("_HASHES = {}\ndef h(k):\n    _HASHES[k] = 1\n")
+    assert module_level_state_problems("SEEN = []\ndef f(x):\n    SEEN.append(x)\n")
+    assert module_level_state_problems("MODELS = registry.ModelCache()\n")
+    assert module_level_state_problems("count = 0\ndef f():\n    global count\n    count += 1\n")
+    assert not module_level_state_problems("CHOICES = ['a', 'b']\nTAG = re.compile('x')\ndef f():\n    "
+                                           "local = {}\n    local['a'] = CHOICES[0]\n")
+
+
+def test_extension_state_is_per_app(make_context, tmp_path):
+    """Two apps in one process keep their own Background model cache and LoRA hash cache."""
+    import sys
+
+    first, second = make_context(), make_context(data_dir=tmp_path / "other-data")
+    engine = sys.modules["easel_extensions.background.engine"]
+    lora = sys.modules["easel_extensions.lora"]
+    assert engine.model_cache(first) is engine.model_cache(first)
+    assert engine.model_cache(first) is not engine.model_cache(second)
+    assert first.extension_state["background"].models is engine.model_cache(first)
+    assert lora.hash_cache(first) is not lora.hash_cache(second)

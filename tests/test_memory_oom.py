@@ -78,3 +78,12 @@ def test_oom_retry_steps_down_to_the_medvram_profile(server):
     assert params["Memory profile"].startswith("medvram")
     path = gallery[0]["image"] if isinstance(gallery[0], dict) else gallery[0][0]
     assert parse_infotext(read_infotext(path))[2]["Memory profile"].startswith("medvram")
+
+    # Only that job stepped down: the app's setting is unchanged and the next job runs with it.
+    assert context.settings.get("presets.profile") == "custom"
+    _gallery, _preview, _status, info, _seed = client.predict(**args(), api_name="/txt2img")
+    assert "Memory profile" not in parse_infotext(info)[2]
+    gallery, _preview, _status, info, _seed = client.predict(**args(width=72), api_name="/txt2img")
+    assert injector.raised == 2  # ran out of memory again under the custom profile, then retried
+    assert len(gallery) == 1 and parse_infotext(info)[2]["Memory profile"].startswith("medvram")
+    assert context.settings.get("presets.profile") == "custom"

@@ -67,8 +67,9 @@ def test_extensions_endpoint_lists_builtins(client):
     assert "txt2img" in names and "extensions_page" in names
 
 
-def test_extension_controls_reach_the_request(tmp_path):
-    """A control registered by an extension shows in txt2img and its value lands in request.extras."""
+def test_extension_controls_reach_the_request_in_one_extras_dict(tmp_path):
+    """A control registered by an extension shows in txt2img; API callers set it in the one ``extras``
+    argument, whose endpoint signature is the same whichever extensions are loaded."""
     import gradio as gr
 
     from tests.conftest import free_port, make_options
@@ -88,18 +89,35 @@ def test_extension_controls_reach_the_request(tmp_path):
 
         @hookimpl
         def before_generation(self, request, model):
-            seen.append(request.extras.get("stamp.text"))
+            seen.append(dict(request.extras))
 
-    # the built-in lora controls are left out so that the stamp is the only extension argument
-    context = create_context(make_options(tmp_path, extra_plugins={"stamp": Stamp()}, disabled_extensions={"lora"}))
-    blocks = create_blocks(context)
-    port = free_port()
-    launch_blocks(blocks, context, port=port, block=False)
+    def serve(folder, **options):
+        context = create_context(make_options(tmp_path / folder, **options))
+        blocks = create_blocks(context)
+        port = free_port()
+        launch_blocks(blocks, context, port=port, block=False)
+        return blocks, Client(f"http://127.0.0.1:{port}/", verbose=False)
+
+    def parameters(client):
+        return [parameter["parameter_name"]
+                for parameter in client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/txt2img"][
+                    "parameters"]]
+
+    with_stamp, stamp_client = serve("with", extra_plugins={"stamp": Stamp()})
     try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        positional = list(txt2img_args(batch_size=1).values()) + ["hello from the UI"]
-        gallery, *_ = client.predict(*positional, api_name="/txt2img")
-        assert len(gallery) == 1
-        assert seen == ["hello from the UI"]
+        # positional, as a caller written before any extension was installed would call it, plus extras
+        positional = list(txt2img_args(batch_size=1).values()) + [{"stamp.text": "hello from the API"}]
+        gallery, *_ = stamp_client.predict(*positional, api_name="/txt2img")
+        assert len(gallery) == 1 and seen == [{"stamp.text": "hello from the API"}]
+        gallery, *_ = stamp_client.predict(**txt2img_args(batch_size=1), api_name="/txt2img")  # extras left out
+        assert len(gallery) == 1 and seen[-1] == {}
+        with pytest.raises(Exception, match="extras must be an object"):
+            stamp_client.predict(**txt2img_args(batch_size=1), extras=["not", "a", "dict"], api_name="/txt2img")
+        with_parameters = parameters(stamp_client)
     finally:
-        blocks.close()
+        with_stamp.close()
+    without, plain_client = serve("without", disabled_extensions={"lora"})
+    try:
+        assert parameters(plain_client) == with_parameters == list(txt2img_args()) + ["extras"]
+    finally:
+        without.close()

@@ -107,8 +107,8 @@ def test_train_tab_start_cancel_resume_and_use(server, train_hold):
     assert (context.lora_dir / "tab_lora.safetensors").exists()
 
     # the LoRA is usable from txt2img at once
-    args = list(txt2img_args(batch_size=1).values()) + [["tab_lora"], "1.0"]
-    _gallery, _preview, _status, info, _seed = client.predict(*args, api_name="/txt2img")
+    _gallery, _preview, _status, info, _seed = client.predict(
+        **txt2img_args(batch_size=1), extras={"lora.names": ["tab_lora"], "lora.weights": "1.0"}, api_name="/txt2img")
     assert 'Lora hashes: "tab_lora: ' in info
 
 
@@ -215,8 +215,7 @@ def test_image_jobs_wait_while_a_training_run_holds_the_device_and_say_why(serve
     wait_for_event(context.training_dir / "tab_lora", step_reached(2), run)
     assert "training run (tab_lora, step 2/4) is using the CPU" in (context.device_in_use() or "")
 
-    image_args = list(txt2img_args(batch_size=1).values()) + [[], ""]  # no LoRA
-    image = Client(server["url"], verbose=False).submit(*image_args, api_name="/txt2img")
+    image = Client(server["url"], verbose=False).submit(**txt2img_args(batch_size=1), api_name="/txt2img")
     deadline = time.time() + 120
     while not any("Queued, waiting: a training run (tab_lora" in str(update[2]) for update in image.outputs()):
         assert time.time() < deadline and not image.done(), image.outputs()[-1:] if image.outputs() else "nothing"

@@ -49,7 +49,29 @@ a button with :meth:`UIContext.send_to`; :func:`resolve_sampler` splits A1111's 
 names (``"DPM++ 2M Karras"``) into sampler and schedule type; :func:`read_image_text` reads every
 text an image carries (PNG text chunks, EXIF UserComment).
 
-Added in 1.4: datasets and captions from the browser (the Train tab's Dataset section uses
+Added in 1.4: pluggy calls the hooks (``@hookimpl(wrapper=True)``, ``tryfirst``/``trylast``
+work; old-style ``hookwrapper=True`` is refused at load); ``device_in_use`` is ``firstresult``
+(``EaselContext.call_hook`` then returns the first answer, not a list); a failing
+implementation is listed once per (extension, hook) with a count; the hookspecs are typed;
+``out_of_memory`` answers may carry ``"settings"`` that apply to the retried job only;
+``generation_form.wire_generate`` gives a generation endpoint one ``extras`` dict for the
+extension controls (the txt2img and img2img endpoints' signatures no longer change with the
+loaded extensions: ``extras={"lora.names": [...]}``);
+:data:`NAMES_SINCE` and :data:`HOOKS_SINCE` say which version introduced each name and hook.
+
+Constants: ``API_VERSION`` (this Easel's extension API, ``"MAJOR.MINOR"``); ``TASKS`` (the job
+tasks: txt2img, img2img, inpaint); ``RESIZE_MODES`` and ``MASKED_CONTENT`` (A1111's img2img
+resize modes and inpaint fill modes, by index); ``FAMILIES`` (the model family names) and
+``FAMILY_LABELS`` (family -> label for the UI); ``SAMPLERS`` and ``SCHEDULE_TYPES`` (A1111
+sampler and schedule type names); ``MAX_OOM_RETRIES`` (how often one job is retried after
+running out of memory); ``LR_SCHEDULERS`` and ``MIXED_PRECISION`` (the training options'
+choices).
+
+Which version introduced a name: an extension that declares ``EASEL_API_VERSION = "1.2"`` may
+use every name, member and hook whose entry in :data:`NAMES_SINCE` / :data:`HOOKS_SINCE` is
+1.2 or older (a test checks the built-ins against these tables).
+
+Also in 1.4: datasets and captions from the browser (the Train tab's Dataset section uses
 only these). :class:`DatasetStore` creates a dataset under ``context.datasets_dir`` from
 uploaded images or one ``.zip`` (limits in :class:`UploadLimits`; unsafe archives refused
 with a :class:`DatasetError`), lists its images (:class:`DatasetImage`) and edits captions,
@@ -403,8 +425,87 @@ class UIContext:
         self.context.settings.remember(scope, values)
 
 
+#: The API version that introduced each public name of this module and each public member of
+#: its classes (``"Class.member"``; members not listed came with their class). An extension
+#: declaring ``EASEL_API_VERSION`` older than a name's entry must not use that name.
+NAMES_SINCE: dict[str, str] = {
+    # 1.0: the spine
+    **dict.fromkeys([
+        "API_VERSION", "Control", "EaselContext", "EaselError", "ExtensionError", "FAMILIES", "FAMILY_LABELS",
+        "GenerationError", "GenerationRequest", "GenerationResult", "ImageRecord", "Job", "LoadedModel",
+        "ModelSource", "RefinerOptions", "RequestError", "SAMPLERS", "SCHEDULE_TYPES", "Setting", "Tab",
+        "UIContext", "build_infotext", "hookimpl", "make_scheduler", "parse_infotext", "prompt_arguments",
+        "read_infotext", "resolve_seed", "samplers_for", "schedule_types_for", "save_image",
+        # LoRA training, public since the Train tab came (API 1.0)
+        "LR_SCHEDULERS", "MIXED_PRECISION", "TrainConfig", "TrainingConfigError", "TrainingProcess",
+        "read_training_events", "EaselContext.lora_dir", "EaselContext.datasets_dir", "EaselContext.training_dir",
+        "EaselContext.list_models", "EaselContext.family_of", "EaselContext.extensions",
+        "UIContext.render_generation_controls", "UIContext.last_used", "UIContext.remember", "UIContext.context",
+        "EaselContext.models_dir", "EaselContext.outputs_dir", "EaselContext.data_dir",
+        "EaselContext.default_model", "EaselContext.max_side",
+        "LoadedModel.name", "LoadedModel.family", "LoadedModel.pipeline", "LoadedModel.device", "LoadedModel.dtype",
+        "LoadedModel.source", "LoadedModel.base_scheduler_config", "LoadedModel.extension_state",
+        "LoadedModel.model_hash",
+        *(f"GenerationRequest.{name}" for name in (
+            "prompt", "negative_prompt", "model", "steps", "cfg_scale", "width", "height", "seed", "batch_count",
+            "batch_size", "sampler", "schedule_type", "refiner", "save", "extras")),
+    ], "1.0"),
+    # 1.1: memory options
+    **dict.fromkeys([
+        "MAX_OOM_RETRIES", "denoiser_of", "device_memory", "format_size", "is_available", "module_bytes",
+        "option_availability", "option_value", "parse_size", "pipeline_modules",
+        "EaselContext.call_hook", "EaselContext.extension_infotext_fields", "EaselContext.extension_call_kwargs",
+        "EaselContext.out_of_memory_answers",
+    ], "1.1"),
+    # 1.2: per-app extension state, page loads, model sources
+    **dict.fromkeys([
+        "training_log_tail", "EaselContext.extension_state", "EaselContext.model_source",
+        "EaselContext.native_size_of", "UIContext.on_page_load",
+    ], "1.2"),
+    # 1.3: one job path, one queue, the family table, sending between tabs
+    **dict.fromkeys([
+        "Family", "MASKED_CONTENT", "QueueFullError", "RESIZE_MODES", "TASKS", "family_spec", "flatten",
+        "follow_job", "generation_form", "image_to_png", "mask_from_image", "picked_image", "png_to_image",
+        "read_image_text", "resize_image", "resolve_sampler",
+        "EaselContext.generate", "EaselContext.submit", "EaselContext.job_queue", "EaselContext.device_in_use",
+        "LoadedModel.spec", "UIContext.share_fields", "UIContext.shared_fields", "UIContext.send_to",
+        "UIContext.send_image_button",
+        *(f"generation_form.{name}" for name in (
+            'model_choices', 'model_note', 'all_samplers', 'ModelPicker', 'render_model_picker', 'render_prompt_row', 'Sampling', 'render_sampling', 'render_size', 'render_batch', 'Outputs', 'render_outputs', 'render_send_buttons', 'wire_model_follow', 'job_updates', 'stop_job', 'wire_stop_buttons')),
+        *(f"GenerationRequest.{name}" for name in (
+            "task", "init_image", "mask", "denoising_strength", "resize_mode", "mask_blur", "inpainting_fill",
+            "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "infotext_extra")),
+    ], "1.3"),
+    # 1.4: pluggy calls the hooks; the version tables
+    **dict.fromkeys(["NAMES_SINCE", "HOOKS_SINCE", "generation_form.wire_generate", "generation_form.extras_value",
+                     "EaselContext.setting", "EaselContext.set_setting", "EaselContext.device",
+                     "EaselContext.device_lock", "EaselContext.extension_failures", "EaselContext.extension_install_allowed",
+                     # datasets and captions from the browser
+                     "CaptionReport", "Captioner", "CaptionerChoice", "DatasetError", "DatasetImage", "DatasetStore",
+                     "DemoShape", "find_demo_shapes", "match_demo_shapes", "UploadLimits", "UploadReport",
+                     "caption_dataset", "captioner_choices", "load_captioner",
+                     # local models, downloads, export
+                     "DownloadError", "DownloadProgress", "DownloadResult", "LocalModel", "MODEL_KINDS", "ModelOrigin",
+                     "FULL_OUTPUT_FORMATS", "EaselContext.local_models", "EaselContext.download_model",
+                     "EaselContext.export_model", "EaselContext.download_policy", "UIContext.register_model_list",
+                     "UIContext.refresh_model_lists_after"],
+                    "1.4"),
+}
+
+#: The API version that introduced each hook of :mod:`webui.hookspecs`.
+HOOKS_SINCE: dict[str, str] = {
+    **dict.fromkeys(["register_settings", "register_tabs", "register_generation_controls", "app_started",
+                     "configure_pipeline", "before_generation", "pipeline_call_kwargs", "after_generation",
+                     "infotext_fields"], "1.0"),
+    **dict.fromkeys(["option_availability", "out_of_memory", "preset_values"], "1.1"),
+    "device_in_use": "1.3",
+}
+
+
 __all__ = [
     "API_VERSION",
+    "HOOKS_SINCE",
+    "NAMES_SINCE",
     "CaptionReport",
     "Captioner",
     "CaptionerChoice",

@@ -40,6 +40,8 @@ class AppOptions:
     login_required: bool = False  # a login protects the UI (--auth)
     allow_downloads: bool = False  # download while listening without a login (--allow-downloads)
     allow_lan_downloads: bool = False  # URLs on private/loopback addresses and plain http (--allow-lan-downloads)
+    allow_extension_install: bool = False
+    """Offer "Install requirements" on the Extensions page (the server sets it when bound to localhost)."""
     entry_points: bool = True
     disabled_extensions: set[str] = field(default_factory=set)
     extra_plugins: dict[str, object] = field(default_factory=dict)  # name -> already imported extension
@@ -103,6 +105,7 @@ def create_context(options: AppOptions) -> EaselContext:
         default_model=options.model or catalog.default_name(),
         max_side=options.max_side,
         download_policy=download_policy(options),
+        extension_install_allowed=options.allow_extension_install,
     )
     context.queue = create_queue(context)
     context_holder.append(context)

@@ -7,14 +7,16 @@ half-written config; a config file that cannot be read is kept aside as
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
 import tempfile
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,9 @@ class SettingsStore:
         self._values: dict[str, Any] = {}
         self._last_used: dict[str, Any] = {}
         self._overrides: dict[str, Any] = {}
+        self._job_values: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
+            f"easel_job_settings_{id(self)}", default={})
+        """Values that apply only to the job running in this thread (see :meth:`for_this_job`)."""
         self._load()
 
     def _load(self) -> None:
@@ -121,10 +126,29 @@ class SettingsStore:
         with self._lock:
             self._overrides[key] = value
 
+    @contextmanager
+    def for_this_job(self, values: dict[str, Any]) -> Iterator[None]:
+        """Within the block, ``get`` returns ``values`` first, in this thread only; nothing is saved.
+
+        The out-of-memory retry runs a job's next attempt under the lower-memory values the
+        ``out_of_memory`` hooks asked for, so that one job changes and every later job (and every
+        other thread, e.g. the Settings tab) still sees the app's own settings.
+        """
+        token = self._job_values.set({**self._job_values.get(), **values})
+        try:
+            yield
+        finally:
+            self._job_values.reset(token)
+
     def get(self, key: str, default: Any = None) -> Any:
-        """The override, else the saved value, else the declared default, else ``default``."""
+        """The job's value (:meth:`for_this_job`), else the override, else the saved value, else the
+        declared default, else ``default``."""
         with self._lock:
             spec = self._specs.get(key)
+            job_values = self._job_values.get()
+            if key in job_values:
+                value = job_values[key]
+                return spec.coerce(value) if spec is not None else value
             if key in self._overrides:
                 value = self._overrides[key]
                 return spec.coerce(value) if spec is not None else value

@@ -30,6 +30,9 @@ class EaselContext:
     data_dir: Path
     default_model: str = "tiny"
     max_side: int = 2048
+    extension_install_allowed: bool = False
+    """Whether the Extensions page may run pip for missing requirements (a localhost server, or
+    ``--allow-extension-install``); never true for a server reachable from other machines by default."""
     extension_state: dict[str, Any] = field(default_factory=dict)
     queue: "JobQueue | None" = field(default=None, repr=False)
     """The device's job queue (created with the app); use :meth:`submit` / :meth:`generate`."""
@@ -72,6 +75,32 @@ class EaselContext:
         ``queue.wait(job)`` for the result, ``queue.cancel(job)`` to cancel or interrupt it."""
         return self.job_queue().submit(request, job)
 
+    def setting(self, key: str, default: Any = None) -> Any:
+        """The value of setting ``key`` (API 1.4): the saved value, else its default, else ``default``.
+
+        Inside a job this is the job's value (a job retried after running out of memory may run
+        under a lower memory profile than the app's setting).
+        """
+        return self.settings.get(key, default)
+
+    def set_setting(self, key: str, value: Any) -> Any:
+        """Validate and save setting ``key`` (API 1.4); returns the stored value, raises ValueError."""
+        return self.settings.set(key, value)
+
+    @property
+    def device(self) -> Any:
+        """The ``torch.device`` the app's jobs run on (API 1.4)."""
+        return self.pipelines.device
+
+    def device_lock(self) -> Any:
+        """The lock held while something uses the app's device (API 1.4); hold it for your own
+        model work outside the job queue (``with context.device_lock(): ...``)."""
+        return self.pipelines.device_lock()
+
+    def extension_failures(self) -> list[Any]:
+        """Every failing (extension, stage) pair with its count (API 1.4), for the Extensions page."""
+        return list(self.plugins.failures)
+
     def job_queue(self) -> "JobQueue":
         """The device's job queue (made on first use for a context built without one)."""
         if self.queue is None:
@@ -80,14 +109,15 @@ class EaselContext:
             self.queue = create_queue(self)
         return self.queue
 
-    def call_hook(self, name: str, **kwargs: Any) -> list[Any]:
+    def call_hook(self, name: str, **kwargs: Any) -> Any:
         """Call hook ``name`` (see :mod:`webui.hookspecs`) on every enabled extension.
 
         For extensions that run their own jobs (the Background tab's inpainting) and want the
         per-job hooks (``before_generation``, ``pipeline_call_kwargs``, ``infotext_fields``,
         ``after_generation``, ``out_of_memory``) to apply as in txt2img. Pass the hook's
-        arguments by name; returns the implementations' non-None results. An implementation
-        that raises is reported and skipped, except :class:`webui.api.ExtensionError`, which
+        arguments by name; returns the implementations' non-None results (for a ``firstresult``
+        hook such as ``device_in_use``: the first answer, or None). An implementation that
+        raises is reported and skipped, except :class:`webui.api.ExtensionError`, which
         propagates (a refusal with a message for the user).
         """
         return self.plugins.call(name, **kwargs)
@@ -112,10 +142,8 @@ class EaselContext:
 
     def device_in_use(self) -> str | None:
         """Why the queue's device is held outside the queue right now (``device_in_use`` hooks), or None."""
-        for reason in self.plugins.call("device_in_use", context=self):
-            if reason:
-                return str(reason)
-        return None
+        reason = self.plugins.call("device_in_use", context=self)  # firstresult: the first answer wins
+        return str(reason) if reason else None
 
     def list_models(self) -> list["ModelSource"]:
         """Every model a user can pick: built-ins, local files and folders, hub presets."""

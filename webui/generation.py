@@ -23,6 +23,7 @@ import gc
 import inspect
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -87,19 +88,41 @@ def out_of_memory_answers(context: "EaselContext", request: GenerationRequest, m
                           error: BaseException) -> tuple[list[str], bool]:
     """Free the memory, then ask the ``out_of_memory`` hooks: (advice sentences, retry asked for)."""
     _free_memory(model.device)
-    advice: list[str] = []
-    retry = False
+    answers = ask_out_of_memory(context, request, model, error)
+    _free_memory(model.device)
+    return answers.advice, answers.retry
+
+
+@dataclass
+class OutOfMemoryAnswers:
+    """What the ``out_of_memory`` hooks said about one out-of-memory failure, merged."""
+
+    advice: list[str] = field(default_factory=list)
+    """Sentences telling the user which options would help."""
+    retry: bool = False
+    """Whether an extension asked for the job to run again."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Setting values the retry runs under (this job only; earlier extensions win on a clash)."""
+
+
+def ask_out_of_memory(context: "EaselContext", request: GenerationRequest, model: "LoadedModel",
+                      error: BaseException) -> OutOfMemoryAnswers:
+    """Ask the ``out_of_memory`` hooks (the memory is already freed) and merge their answers."""
+    answers = OutOfMemoryAnswers()
     try:
         for answer in context.plugins.call("out_of_memory", request=request, model=model, context=context,
                                            error=error):
-            if isinstance(answer, dict):
-                if answer.get("advice"):
-                    advice.append(str(answer["advice"]))
-                retry = retry or bool(answer.get("retry"))
+            if not isinstance(answer, dict):
+                continue
+            if answer.get("advice"):
+                answers.advice.append(str(answer["advice"]))
+            if answer.get("retry"):
+                answers.retry = True
+                for key, value in dict(answer.get("settings") or {}).items():
+                    answers.settings.setdefault(str(key), value)
     except EaselError as refusal:
-        advice.append(str(refusal))
-    _free_memory(model.device)
-    return advice, retry
+        answers.advice.append(str(refusal))
+    return answers
 
 
 def model_infotext_name(model: "LoadedModel") -> str:
@@ -206,34 +229,45 @@ def run_generation(context: "EaselContext", request: GenerationRequest, job: Job
     request.validate(context.max_side)
     task = get_task(request.task)
     retries = 0
-    while True:
-        try:
-            return _run_generation_once(context, request, task, job)
-        except _OutOfMemory as oom:
-            if oom.retry and retries < MAX_OOM_RETRIES and not job.interrupted:
-                retries += 1
-                log.warning("Out of memory; retrying with a lower-memory profile (%d/%d)", retries, MAX_OOM_RETRIES)
-                context.pipelines.reconfigure()
-                continue
-            raise GenerationError(oom.message) from oom.__cause__
+    job_settings: dict[str, Any] = {}  # what the out_of_memory hooks changed, for this job only
+    try:
+        while True:
+            try:
+                with context.settings.for_this_job(job_settings):
+                    return _run_generation_once(context, request, task, job)
+            except _OutOfMemory as oom:
+                if oom.retry and retries < MAX_OOM_RETRIES and not job.interrupted:
+                    retries += 1
+                    log.warning("Out of memory; retrying with a lower-memory profile (%d/%d): %s", retries,
+                                MAX_OOM_RETRIES, oom.settings or "as the extensions set it")
+                    job_settings.update(oom.settings)
+                    context.pipelines.reconfigure()  # the model loads again, configured with the job's settings
+                    continue
+                raise GenerationError(oom.message) from oom.__cause__
+    finally:
+        if job_settings:  # the loaded model was configured for this job: the next job loads its own
+            context.pipelines.reconfigure()
 
 
 class _OutOfMemory(Exception):
-    def __init__(self, message: str, retry: bool) -> None:
+    def __init__(self, message: str, retry: bool, settings: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry = retry
+        self.settings = dict(settings or {})
 
 
 def _out_of_memory(context: "EaselContext", request: GenerationRequest, model: "LoadedModel",
                    exc: BaseException) -> _OutOfMemory:
     """Free the memory, ask the memory extensions for advice (and a retry), build the message."""
-    advice, retry = out_of_memory_answers(context, request, model, exc)
-    hint = " ".join(advice) or ("Try a smaller size or batch, or a lower-memory profile "
+    _free_memory(model.device)
+    answers = ask_out_of_memory(context, request, model, exc)
+    _free_memory(model.device)
+    hint = " ".join(answers.advice) or ("Try a smaller size or batch, or a lower-memory profile "
                                 "(--medvram / --lowvram, VAE tiling, CPU offload).")
     message = (f"Out of memory on {model.device} at {request.width}x{request.height}, batch size "
                f"{request.batch_size}. {hint} The server is still running.")
-    return _OutOfMemory(message, retry)
+    return _OutOfMemory(message, answers.retry, answers.settings)
 
 
 def _run_generation_once(context: "EaselContext", request: GenerationRequest, task: Task,

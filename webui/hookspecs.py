@@ -6,22 +6,43 @@ arguments, in any order, by name. Hooks are called for every enabled extension; 
 implementation that raises is reported on the Extensions page and skipped, and the
 call goes on with the other extensions.
 
+Calling: pluggy calls the hooks, so ``@hookimpl(tryfirst=True)``, ``trylast`` and
+``@hookimpl(wrapper=True)`` (a generator that yields once, receives the list of results, or
+the single answer of a ``firstresult`` hook, and returns the result) work as pluggy documents;
+pluggy calls the most recently registered extension first. A hook marked ``firstresult`` stops
+at the first implementation that returns something other than None. A failing implementation
+counts as returning None; each failing (extension, hook) pair is listed once on the
+Extensions page, with how many times it failed. Old-style ``hookwrapper=True`` is refused.
+
 Registration hooks take a ``register`` callback (as ``llm`` does) instead of returning
 lists, so one extension can register several things and the types stay checked.
 
 The per-job hooks (``before_generation``, ``pipeline_call_kwargs``, ``infotext_fields``,
-``after_generation``, ``out_of_memory``) run for txt2img and also for the Background tab's
-inpainting. Its request is a :class:`webui.api.GenerationRequest` too: the background prompt
-and negative, the model, steps, CFG, seed, sampler, and ``width``/``height`` = the size the
-inpainting pipeline works at; ``extras["background.task"] == "inpaint"`` tells it apart, with
-``extras["background.strength"]`` (denoising strength) and ``extras["background.input_size"]``
-(``(width, height)`` of the user's image). Keyword arguments from ``pipeline_call_kwargs``
-reach the inpainting pipeline's call, so return only arguments it takes for such a request.
+``after_generation``, ``out_of_memory``) run for every image job, whatever its task
+(``request.task``: txt2img, img2img, inpaint), the Background tab's repaint included: it is an
+``inpaint`` job. Its request carries the background prompt and negative, the model, steps,
+CFG, seed, sampler, and ``width``/``height`` = the size the inpainting pipeline works at;
+``extras["background.task"] == "inpaint"`` tells it apart from the img2img tab's inpainting,
+with ``extras["background.strength"]`` (denoising strength) and
+``extras["background.input_size"]`` (``(width, height)`` of the user's image). Keyword
+arguments from ``pipeline_call_kwargs`` reach the pipeline of the job's task, so return only
+arguments that pipeline takes (check ``request.task``).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Callable
+
 import pluggy
+
+if TYPE_CHECKING:  # only for the annotations: this module is imported before those modules exist
+    import torch
+
+    from webui.api import Control, Tab
+    from webui.config import Setting
+    from webui.context import EaselContext
+    from webui.jobs import GenerationRequest, GenerationResult
+    from webui.pipelines.manager import LoadedModel
 
 PROJECT_NAME = "easel"
 
@@ -29,7 +50,7 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
 
 @hookspec
-def register_settings(register):
+def register_settings(register: Callable[[Setting], None]) -> None:
     """Declare settings this extension reads.
 
     Called once at start-up, before the UI is built. ``register(setting)`` takes a
@@ -40,7 +61,7 @@ def register_settings(register):
 
 
 @hookspec
-def register_tabs(register):
+def register_tabs(register: Callable[[Tab], None]) -> None:
     """Add top-level UI tabs.
 
     Called once while the Gradio Blocks app is built. ``register(tab)`` takes a
@@ -51,10 +72,10 @@ def register_tabs(register):
 
 
 @hookspec
-def register_generation_controls(register, tab_id):
+def register_generation_controls(register: Callable[[Control], None], tab_id: str) -> None:
     """Add controls to a generation tab (txt2img, ...), like A1111's always-on scripts.
 
-    Called while the tab ``tab_id`` is built. ``register(control)`` takes a
+    Called while the tab ``tab_id`` is built (once per UI build, not once per page load). ``register(control)`` takes a
     :class:`webui.api.Control`; its ``render(ui)`` creates ONE Gradio component inside the
     tab's "Extensions" area and returns it. Whatever value that component holds when the
     user clicks Generate arrives in ``request.extras[control.key]`` (REST callers set the
@@ -63,7 +84,7 @@ def register_generation_controls(register, tab_id):
 
 
 @hookspec
-def app_started(context):
+def app_started(context: EaselContext) -> None:
     """Called once after all extensions are loaded and settings registered.
 
     ``context`` is the :class:`webui.api.EaselContext` of the running app. Use it to
@@ -74,25 +95,28 @@ def app_started(context):
     """
 
 
-@hookspec
-def device_in_use(context):
-    """Say when something outside the job queue holds the queue's device (API 1.3).
+@hookspec(firstresult=True)
+def device_in_use(context: EaselContext) -> str | None:
+    """Say when something outside the job queue holds the queue's device (API 1.3; ``firstresult`` since 1.4).
 
     ``context`` is the :class:`webui.api.EaselContext`. Return a short sentence for the user
     (e.g. ``"a LoRA training run (my_lora, step 120/500) is using the GPU"``) while it does,
     else None. While any extension says so, the queue starts no new job: waiting jobs show
     the sentence on their page and start once it is over, instead of running out of memory
-    halfway. Called often (about once a second while jobs wait): answer from state you keep,
-    never do slow work here.
+    halfway. ``firstresult``: the first extension that answers (not None) is the one shown,
+    the others are not asked. Called often (about once a second while jobs wait): answer from
+    state you keep, never do slow work here.
     """
 
 
 @hookspec
-def configure_pipeline(model, context):
+def configure_pipeline(model: LoadedModel, context: EaselContext) -> None:
     """Configure a freshly loaded pipeline (memory options, attention, offload, ...).
 
-    Called right after a model is loaded (or re-configured after a settings change),
-    while the device lock is held and before any generation uses it. ``model`` is a
+    Called once per load, right after the model is loaded on the CPU and before it is moved
+    to ``model.device``, while the device lock is held and before any generation uses it.
+    A settings change does not call it on a loaded pipeline: the manager drops the idle
+    models and the next job loads (and configures) the model again. ``model`` is a
     :class:`webui.api.LoadedModel` (``model.pipeline`` is the diffusers pipeline,
     ``model.family`` one of ``sd1, sd2, sdxl, sdxl-refiner, sd3``); ``context`` the app's
     :class:`webui.api.EaselContext`. Modify the pipeline in place. Returns nothing.
@@ -102,7 +126,7 @@ def configure_pipeline(model, context):
 
 
 @hookspec
-def before_generation(request, model, context):
+def before_generation(request: GenerationRequest, model: LoadedModel, context: EaselContext) -> None:
     """Called before every image job (txt2img, img2img, inpaint — ``request.task``), with the device lock held.
 
     ``request`` is the :class:`webui.api.GenerationRequest` (validated, seeds not yet
@@ -110,25 +134,29 @@ def before_generation(request, model, context):
     app's :class:`webui.api.EaselContext` (folders, settings). An extension may adjust
     ``request`` (e.g. strip its own prompt syntax before the prompt is encoded),
     ``request.extras`` or the pipeline for this one job; undo pipeline changes in
-    ``after_generation``, which always follows. Returns nothing.
+    ``after_generation``, which always follows (also when this hook or the job raised).
+    Called once per attempt: a job retried after running out of memory calls it again.
+    Returns nothing.
     """
 
 
 @hookspec
-def pipeline_call_kwargs(request, model):
+def pipeline_call_kwargs(request: GenerationRequest, model: LoadedModel) -> dict[str, Any] | None:
     """Extra keyword arguments for the diffusers pipeline call of this job.
 
-    Return a dict (merged over the ones Easel builds; later extensions win on clashes)
-    or None. Called once per job, after ``before_generation``; the arguments go to every
-    batch's call of the job's own pipeline (not to an SDXL refiner's). A
+    Return a dict (merged over the ones Easel builds; on a clash the extension called last
+    wins, i.e. the one registered first) or None. Called once per job (once per attempt when
+    an out-of-memory retry runs it again), after ``before_generation`` and before the first
+    batch; the same arguments go to every batch's call of the job's own pipeline, never to
+    an SDXL refiner's. A
     ``callback_on_step_end`` here runs at every step before Easel's own (progress,
     Interrupt, Skip), and what it returns goes back to the pipeline.
     """
 
 
 @hookspec
-def after_generation(request, model, result):
-    """Called after a generation finished, was interrupted, or failed halfway.
+def after_generation(request: GenerationRequest, model: LoadedModel, result: GenerationResult) -> None:
+    """Called after a generation finished, was interrupted, or failed halfway (out of memory included).
 
     ``result`` is the :class:`webui.api.GenerationResult` with the images produced so far
     (already saved when saving is on). Returns nothing.
@@ -136,10 +164,13 @@ def after_generation(request, model, result):
 
 
 @hookspec
-def infotext_fields(request, model):
+def infotext_fields(request: GenerationRequest, model: LoadedModel) -> dict[str, Any] | None:
     """Extra ``key: value`` pairs for the image's infotext (A1111 format).
 
-    Return a dict of field name to value (None values are left out), or None. Use it to
+    Called once per job (per attempt), after ``before_generation`` and before the first
+    batch; the fields go into every image of the job. Return a dict of field name to value
+    (None values are left out), or None. Keys holding ``:``, ``,`` or quotes are dropped
+    with a warning (A1111 could not read them back). Use it to
     record options that change the image, so the image can be reproduced. These fields only
     add keys: one that Easel or the job's task already writes (``Seed``, ``Denoising
     strength``, ...) is kept as Easel wrote it.
@@ -149,7 +180,7 @@ def infotext_fields(request, model):
 # ----- memory options (API 1.1) ----------------------------------------------------------
 
 @hookspec
-def option_availability(device, context):
+def option_availability(device: torch.device, context: EaselContext) -> dict[str, str] | None:
     """Say which of this extension's option values cannot work on this device, and why.
 
     ``device`` is the :class:`torch.device` the pipeline manager uses. Return a dict mapping
@@ -162,23 +193,30 @@ def option_availability(device, context):
 
 
 @hookspec
-def out_of_memory(request, model, context, error):
+def out_of_memory(request: GenerationRequest, model: LoadedModel, context: EaselContext,
+                  error: BaseException) -> dict[str, Any] | None:
     """A generation ran out of memory; the memory is already freed.
 
     Called with the :class:`webui.api.GenerationRequest`, the :class:`webui.api.LoadedModel`
     it ran on, the app context and the ``torch.OutOfMemoryError``. Return None, or a dict
     with ``"advice"`` (a sentence telling the user which option would help) and optionally
-    ``"retry": True`` when the extension has switched the settings to a lower-memory
-    profile and the job should run again (Easel then reloads the model with the new
-    settings and retries, at most :data:`webui.api.MAX_OOM_RETRIES` times).
+    ``"retry": True`` with ``"settings"``: setting values (e.g. ``{"presets.profile":
+    "medvram"}``) that should make the job fit. Easel then reloads the model and runs this
+    job again with those values (at most :data:`webui.api.MAX_OOM_RETRIES` times); they apply
+    to this job only (``context.settings.get`` returns them inside the retried job's hooks,
+    since API 1.4), never to the app's settings or to later jobs, and once the job is over
+    the model is loaded again with the app's own settings. Do not change the app's settings
+    here: that would change them for every later user.
     """
 
 
 @hookspec
-def preset_values(context):
+def preset_values(context: EaselContext) -> dict[str, Any] | None:
     """The option values a memory preset imposes right now (``--medvram``, ``--lowvram``).
 
-    Return a dict of setting key to value (or None when no preset is active). Memory
+    Return a dict of setting key to value (or None when no preset is active). Not
+    ``firstresult``: for each key the first extension whose dict holds it wins, so two
+    presets that set different keys both apply. Memory
     extensions read their options through :func:`webui.api.option_value`, which returns a
     preset's value before the saved setting, so one preset can drive options declared by
     several extensions without any of them knowing the others.

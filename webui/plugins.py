@@ -11,19 +11,25 @@ An extension that fails to import, declares an incompatible API version, or rais
 hook is recorded in :attr:`PluginHost.failures` (shown on the Extensions page) and
 skipped; the app keeps running. :class:`webui.api.ExtensionError` is the exception for
 refusing a request with a message for the user: it is passed on, not swallowed.
+
+Hooks are called by pluggy itself (wrappers, ``firstresult``, ``tryfirst``/``trylast`` work as
+pluggy documents); each implementation is wrapped so that its failure is recorded once per
+(extension, hook) pair, with a count, and the call goes on with the others.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import sys
+import threading
 import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable, Generator
 
 import pluggy
 
@@ -49,6 +55,10 @@ class ExtensionInfo:
     description: str = ""
     requirements: list[str] = field(default_factory=list)
     error: str = ""
+    version: str = ""
+    """The extension's own version: its package's version, else its module's ``__version__``."""
+    api_version: str = ""
+    """The ``EASEL_API_VERSION`` it declares (empty: none declared)."""
 
 
 @dataclass
@@ -56,9 +66,35 @@ class ExtensionFailure:
     """One failure of one extension: at import time or inside a hook."""
 
     extension: str
-    stage: str  # "import" or the hook name
+    stage: str  # "import", "render" or the hook name
     message: str
+    """The first failure's exception type and message."""
     traceback: str
+    """The first failure's traceback (later ones only add to ``count``)."""
+    count: int = 1
+    """How many times this extension failed in this stage."""
+    last_message: str = ""
+    """The latest failure's message (empty while there was only one)."""
+
+    def __str__(self) -> str:
+        times = f" ({self.count} times)" if self.count > 1 else ""
+        return f"{self.stage}: {self.message}{times}"
+
+
+def _extension_version(plugin: Any, origin: str) -> str:
+    """A package's installed version, else the module's ``__version__``, else "" (built-ins: Easel's)."""
+    if origin == "builtin":
+        from webui import __version__
+
+        return __version__
+    module_name = getattr(plugin, "__name__", "") or ""
+    distributions = metadata.packages_distributions().get(module_name.split(".")[0], [])
+    for distribution in distributions:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return str(getattr(plugin, "__version__", "") or "")
 
 
 def api_version_compatible(required: str | None) -> bool:
@@ -81,6 +117,9 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.extensions: dict[str, ExtensionInfo] = {}
         self.failures: list[ExtensionFailure] = []
+        """One entry per failing (extension, stage) pair, in the order they first failed."""
+        self._failures_by_key: dict[tuple[str, str], ExtensionFailure] = {}
+        self._failure_lock = threading.Lock()
         self.disabled = set(disabled or ())
 
     # ----- loading -------------------------------------------------------------------
@@ -149,51 +188,160 @@ class PluginHost:
             doc_lines = (getattr(plugin, "__doc__", None) or "").strip().splitlines()
             info.description = doc_lines[0] if doc_lines else ""
             info.requirements = list(getattr(plugin, "REQUIREMENTS", []) or [])
+            info.version = _extension_version(plugin, origin)
             required = getattr(plugin, "EASEL_API_VERSION", None)
+            info.api_version = str(required or "")
             if not api_version_compatible(required):
                 raise ExtensionError(f"needs extension API {required}, this Easel provides {API_VERSION}")
             self.pm.register(plugin, name=name)
+            try:
+                self._isolate(name, plugin)
+            except BaseException:
+                self.pm.unregister(plugin, name=name)
+                raise
         except BaseException as exc:  # noqa: BLE001 - any failure of a third-party import is isolated
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             self._record(name, "import", exc)
 
     # ----- calling -------------------------------------------------------------------
-    def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
-        """Call every implementation of a hook; failures are recorded and skipped.
+    def call(self, hook_name: str, **kwargs: Any) -> Any:
+        """Call hook ``hook_name`` through pluggy, with every implementation isolated.
 
-        Returns the non-None results in pluggy's call order. ExtensionError propagates.
+        Pluggy does the calling, so ``tryfirst``/``trylast``, ``@hookimpl(wrapper=True)``
+        wrappers and the spec's ``firstresult`` all behave as pluggy documents. Returns what
+        pluggy returns: the list of non-None results in call order, or for a ``firstresult``
+        hook the first non-None answer (None when there is none). An implementation (or a
+        wrapper) that raises is recorded in :attr:`failures` and skipped: the call goes on with
+        the other extensions as if the failing one had returned None (a failing wrapper passes
+        the result through unchanged). :class:`webui.api.ExtensionError` propagates.
         """
+        return getattr(self.pm.hook, hook_name)(**kwargs)
+
+    def is_firstresult(self, hook_name: str) -> bool:
+        """Whether hook ``hook_name`` stops at the first non-None answer (declared in its spec)."""
         hook = getattr(self.pm.hook, hook_name)
-        results = []
-        for impl in reversed(hook.get_hookimpls()):
-            extension = self.pm.get_name(impl.plugin) or "?"
-            if self.extensions.get(extension) and self.extensions[extension].status == "failed":
-                continue
-            arguments = {name: kwargs[name] for name in impl.argnames if name in kwargs}
+        return bool(hook.spec and hook.spec.opts.get("firstresult"))
+
+    def _isolate(self, extension: str, plugin: Any) -> None:
+        """Wrap each of ``plugin``'s hook implementations so that a failure is recorded, not raised.
+
+        pluggy calls ``HookImpl.function``; replacing it with an isolating wrapper keeps pluggy's
+        own calling (order, wrappers, firstresult) and adds the failure isolation around each
+        implementation. Old-style ``hookwrapper=True`` implementations are refused: their
+        failures cannot be isolated from the other extensions' (they get pluggy's ``Result``).
+        """
+        for caller in self.pm.get_hookcallers(plugin) or ():
+            for impl in caller.get_hookimpls():
+                if impl.plugin is not plugin:
+                    continue
+                if impl.hookwrapper:
+                    raise ExtensionError(
+                        f"{caller.name}: old-style @hookimpl(hookwrapper=True) is not supported; "
+                        "use @hookimpl(wrapper=True) (a generator that yields once and returns the result)"
+                    )
+                if impl.wrapper:
+                    impl.function = self._isolated_wrapper(extension, caller.name, impl.function)
+                else:
+                    impl.function = self._isolated_function(extension, caller.name, impl.function)
+
+    def _isolated_function(self, extension: str, hook_name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` that records its failure and answers None instead of raising."""
+
+        @functools.wraps(function)
+        def isolated(*args: Any, **kwargs: Any) -> Any:
             try:
-                result = impl.function(**arguments)
+                return function(*args, **kwargs)
             except ExtensionError:
                 raise
             except Exception as exc:  # noqa: BLE001 - isolate the extension, keep serving
                 self._record(extension, hook_name, exc, disable=False)
-                continue
-            if result is not None:
-                results.append(result)
-        return results
+                return None
+
+        return isolated
+
+    def _isolated_wrapper(self, extension: str, hook_name: str,
+                          function: Callable[..., Generator[None, Any, Any]]) -> Callable[..., Generator[None, Any, Any]]:
+        """A ``wrapper=True`` implementation that passes the result through unchanged when it fails.
+
+        The wrapper runs as pluggy defines it (code before its ``yield``, the other
+        implementations, then the code after it with the result or their exception). If the
+        wrapper itself raises (before or after its ``yield``, or yields twice), the failure is
+        recorded and the call continues as if the wrapper were not there.
+        """
+
+        def failed(exc: BaseException) -> None:
+            self._record(extension, hook_name, exc, disable=False)
+
+        @functools.wraps(function)
+        def isolated(*args: Any, **kwargs: Any) -> Generator[None, Any, Any]:
+            try:
+                inner = function(*args, **kwargs)
+                next(inner)
+            except ExtensionError:
+                raise
+            except StopIteration:
+                failed(RuntimeError("the wrapper returned without yielding"))
+                return (yield)
+            except Exception as exc:  # noqa: BLE001 - a broken wrapper must not break the others
+                failed(exc)
+                return (yield)
+            try:
+                result = yield
+            except BaseException as error:  # an implementation inside the wrapper raised: the wrapper sees it
+                try:
+                    inner.throw(error)
+                except StopIteration as stop:  # the wrapper handled it and returned a result
+                    return stop.value
+                except BaseException as raised:
+                    if raised is error or isinstance(raised, ExtensionError) or not isinstance(raised, Exception):
+                        raise
+                    failed(raised)
+                    raise error from None
+                failed(RuntimeError("the wrapper yielded more than once"))
+                inner.close()
+                raise
+            try:
+                inner.send(result)
+            except StopIteration as stop:
+                return stop.value
+            except ExtensionError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                failed(exc)
+                return result
+            failed(RuntimeError("the wrapper yielded more than once"))
+            inner.close()
+            return result
+
+        return isolated
 
     def report_failure(self, name: str, stage: str, exc: BaseException) -> None:
         """Record a failure that happened outside a hook call (e.g. while a tab rendered)."""
         self._record(name, stage, exc, disable=False)
 
+    def failure_count(self, name: str, stage: str) -> int:
+        """How many times extension ``name`` failed in ``stage`` (a hook name, ``import``, ``render``)."""
+        failure = self._failures_by_key.get((name, stage))
+        return failure.count if failure is not None else 0
+
     def _record(self, name: str, stage: str, exc: BaseException, disable: bool = True) -> None:
+        """Record one failure: the first of an (extension, stage) pair in full, later ones as a count."""
         message = f"{type(exc).__name__}: {exc}"
-        log.error("Extension %s failed in %s: %s", name, stage, message)
-        self.failures.append(
-            ExtensionFailure(extension=name, stage=stage, message=message, traceback=traceback.format_exc())
-        )
-        info = self.extensions.get(name)
-        if info is not None:
-            info.error = f"{stage}: {message}"
-            if disable:
-                info.status = "failed"
+        with self._failure_lock:
+            failure = self._failures_by_key.get((name, stage))
+            if failure is None:
+                failure = ExtensionFailure(extension=name, stage=stage, message=message,
+                                           traceback="".join(traceback.format_exception(exc)))
+                self._failures_by_key[(name, stage)] = failure
+                self.failures.append(failure)
+                log.error("Extension %s failed in %s: %s", name, stage, message, exc_info=exc)
+            else:
+                failure.count += 1
+                failure.last_message = message
+                log.debug("Extension %s failed in %s again (%d times): %s", name, stage, failure.count, message)
+            info = self.extensions.get(name)
+            if info is not None:
+                info.error = str(failure)
+                if disable:
+                    info.status = "failed"

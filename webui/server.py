@@ -32,6 +32,8 @@ def options_from_args(args: Any) -> AppOptions:
                             or getattr(args, "gradio_auth_path", None)),
         allow_downloads=bool(getattr(args, "allow_downloads", False)),
         allow_lan_downloads=bool(getattr(args, "allow_lan_downloads", False)),
+        allow_extension_install=bool(getattr(args, "allow_extension_install", False))
+        or not (args.listen or args.share),
         disabled_extensions=set(args.disable_extension),
         setting_overrides=memory_overrides(args),
     )

@@ -44,7 +44,29 @@ NO_DETECTION = ("Nothing matching {prompt!r} was found (box threshold {box:.2f},
                 "Try lower thresholds (e.g. box {box_hint:.2f}, text {text_hint:.2f}), a simpler subject prompt "
                 "(one or two words such as \"dog\"), or draw the mask by hand in the editor.")
 
-MODELS = registry.ModelCache()
+STATE_KEY = "background"
+
+
+@dataclass
+class BackgroundState:
+    """The Background tab's per-app state, kept in ``context.extension_state["background"]``.
+
+    Two apps in one process (tests, several servers) each keep their own models, and nothing
+    lives in a module global, so importing this module twice (tests do) changes nothing.
+    """
+
+    models: registry.ModelCache = field(default_factory=registry.ModelCache)
+    """The last detector and the last segmenter loaded (on the CPU between jobs)."""
+
+
+def background_state(context) -> BackgroundState:
+    """This app's :class:`BackgroundState` (made on first use)."""
+    return context.extension_state.setdefault(STATE_KEY, BackgroundState())
+
+
+def model_cache(context) -> registry.ModelCache:
+    """This app's detector/segmenter cache."""
+    return background_state(context).models
 
 
 @dataclass
@@ -82,7 +104,7 @@ class ReplaceResult:
 
 
 def _device(context) -> torch.device:
-    return context.pipelines.device
+    return context.device
 
 
 def detect_subject(context, image: Image.Image, prompt: str, detector: str, box_threshold: float = 0.35,
@@ -90,9 +112,9 @@ def detect_subject(context, image: Image.Image, prompt: str, detector: str, box_
     """Boxes for ``prompt`` in ``image`` (an RGB image from :func:`prepare_image`), in its pixel coordinates."""
     if not (prompt or "").strip():
         raise RequestError("Type what to keep (the subject prompt), e.g. \"the dog\"")
-    model = MODELS.detector(context.models_dir, detector)
+    model = model_cache(context).detector(context.models_dir, detector)
     work = to_model_size(image, work_side, multiple=1)
-    with context.pipelines.device_lock():
+    with context.device_lock():
         try:
             model.to(_device(context))
             found = model.detect(work, prompt, box_threshold=box_threshold, text_threshold=text_threshold)
@@ -113,11 +135,11 @@ def segment_subject(context, image: Image.Image, boxes: list[tuple[float, float,
     """The subject mask (input size) of the chosen boxes."""
     if not boxes:
         raise RequestError("No box is selected: pick at least one detection to keep")
-    model = MODELS.segmenter(context.models_dir, segmenter)
+    model = model_cache(context).segmenter(context.models_dir, segmenter)
     work = to_model_size(image, work_side, multiple=1)
     factor_x, factor_y = work.width / image.width, work.height / image.height
     scaled = [(x0 * factor_x, y0 * factor_y, x1 * factor_x, y1 * factor_y) for x0, y0, x1, y1 in boxes]
-    with context.pipelines.device_lock():
+    with context.device_lock():
         try:
             model.to(_device(context))
             mask = model.segment(work, scaled)

@@ -288,7 +288,7 @@ def render_background_tab(ui: UIContext) -> None:
             cfg_scale=float(cfg_value), strength=float(strength_value),
             seed=int(seed_value if seed_value is not None else -1), erode=int(erode_value),
             feather=int(feather_value), decontaminate=float(decontaminate_value), work_side=int(side),
-            save=bool(context.settings.get("background.save_images", True)))
+            save=bool(context.setting("background.save_images", True)))
         try:
             prepared = prepare_image(image)
             mask = _editor_mask(edited, prepared.size)

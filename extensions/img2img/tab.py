@@ -128,8 +128,9 @@ def render_img2img_tab(ui: UIContext) -> None:
             uploaded_mask: Any, blur: float, content: str, area: str, area_padding: float, mask_mode_value: str,
             resize: str, sampler: str, schedule_type: str, steps: float, width: float, height: float,
             cfg_scale: float, seed: float, denoising: float, batch_count: float, batch_size: float,
-            *extension_values: Any):
-        """Generate from the image (img2img) or repaint the masked part (inpaint)."""
+            extras: dict[str, Any] | None = None):
+        """Generate from the image (img2img) or repaint the masked part (inpaint); ``extras`` holds the
+        extension controls' values by key."""
         if task == "inpaint":
             source = picked_image(editor_value.get("background")) if isinstance(editor_value, dict) else None
             mask = picked_image(uploaded_mask) or painted_mask(editor_value)
@@ -151,19 +152,17 @@ def render_img2img_tab(ui: UIContext) -> None:
             mask_blur=int(blur), inpainting_fill=MASKED_CONTENT.index(content) if content in MASKED_CONTENT else 1,
             inpaint_full_res=area == INPAINT_AREAS[1], inpaint_full_res_padding=int(area_padding),
             inpainting_mask_invert=mask_mode_value == MASK_MODES[1],
-            save=bool(context.settings.get("img2img.save_images", True)),
-            extras={key: value for (key, _), value in zip(extension_controls, extension_values)},
+            save=bool(context.setting("img2img.save_images", True)),
+            extras=form.extras_value(extras),
         )
         ui.remember(SCOPE, {key: getattr(request, key) for key in REMEMBERED})
-        yield from form.job_updates(ui, request, holder, bool(context.settings.get("txt2img.preview", True)))
+        yield from form.job_updates(ui, request, holder, bool(context.setting("txt2img.preview", True)))
 
     inputs = [job_holder, mode, picker.model, prompt, negative, image, editor, mask_upload, mask_blur, masked_content,
               inpaint_area, padding, mask_mode, resize_mode, sampling.sampler, sampling.schedule, sampling.steps,
-              width, height, sampling.cfg, sampling.seed, strength, batch_count, batch_size] + \
-        [component for _, component in extension_controls]
-    generate.click(run, inputs=inputs, outputs=outputs.components(), api_name="img2img",
-                   concurrency_id="generation", concurrency_limit=None)
-    prompt.submit(run, inputs=inputs, outputs=outputs.components(), api_name=False, concurrency_id="generation")
+              width, height, sampling.cfg, sampling.seed, strength, batch_count, batch_size]
+    form.wire_generate(run, inputs, extension_controls, outputs.components(), [generate.click, prompt.submit],
+                       api_name="img2img")
     form.wire_stop_buttons(ui, job_holder, interrupt, skip, outputs.progress, api_prefix="img2img_")
     sampling.reuse_seed.click(lambda value: value if value is not None else -1, inputs=outputs.used_seed,
                               outputs=sampling.seed, api_name=False, queue=False)

@@ -25,12 +25,16 @@ from typing import Any
 
 from webui.api import Control, ExtensionError, hookimpl
 
-EASEL_API_VERSION = "1.0"
+EASEL_API_VERSION = "1.2"  # context.extension_state (the hash cache)
 
 LORA_SUFFIXES = (".safetensors",)
 TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", re.IGNORECASE)
 STATE_KEY = "lora"
-_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def hash_cache(context) -> dict[tuple[str, int, int], str]:
+    """This app's LoRA hashes (``context.extension_state["lora"]``): (path, size, mtime) -> SHA-256."""
+    return context.extension_state.setdefault(STATE_KEY, {}).setdefault("hashes", {})
 
 
 def lora_dir(models_dir: Path | str) -> Path:
@@ -56,19 +60,25 @@ def list_loras(models_dir: Path | str) -> dict[str, Path]:
     return found
 
 
-def addnet_hash(path: Path) -> str:
-    """A1111's LoRA hash: SHA-256 of the tensor data after the safetensors header (cached)."""
+def addnet_hash(path: Path, cache: dict[tuple[str, int, int], str] | None = None) -> str:
+    """A1111's LoRA hash: SHA-256 of the tensor data after the safetensors header.
+
+    With ``cache`` (:func:`hash_cache`), a file whose path, size and modification time are
+    unchanged is not read again.
+    """
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            header_length = struct.unpack("<Q", handle.read(8))[0]
-            handle.seek(8 + header_length)
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
+    if cache is not None and key in cache:
+        return cache[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        header_length = struct.unpack("<Q", handle.read(8))[0]
+        handle.seek(8 + header_length)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if cache is not None:
+        cache[key] = digest.hexdigest()
+    return digest.hexdigest()
 
 
 def parse_weight(text: Any, default: float = 1.0) -> float:
@@ -165,7 +175,7 @@ def before_generation(request, model, context):
         state["adapters"].append(adapter)
         adapters.append(adapter)
         weights.append(float(weight))
-        used.append((name, addnet_hash(path)[:12], float(weight)))
+        used.append((name, addnet_hash(path, hash_cache(context))[:12], float(weight)))
     pipe.set_adapters(adapters, adapter_weights=weights)
     state["used"] = used
 

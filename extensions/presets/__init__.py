@@ -16,12 +16,13 @@ attention is still an option of the attention extension). On the CPU there is no
 infotext says so.
 
 Out of memory: the advice names the options that are still off; with "retry" on, the job
-runs again under the next lower profile (custom -> medvram -> lowvram).
+runs again under the next lower profile (custom -> medvram -> lowvram). Only that job: the
+app's profile setting is left as it is, and the next job runs with it.
 """
 
 from webui.api import Setting, hookimpl, option_value
 
-EASEL_API_VERSION = "1.1"
+EASEL_API_VERSION = "1.4"  # out_of_memory answers with "settings" for the retried job only
 
 PROFILES = ["custom", "medvram", "lowvram"]
 
@@ -50,13 +51,13 @@ def register_settings(register):
 @hookimpl
 def preset_values(context):
     """The values the active profile imposes."""
-    return preset_table(context.settings.get("presets.profile"), context.pipelines.device) or None
+    return preset_table(context.setting("presets.profile"), context.device) or None
 
 
 @hookimpl
 def configure_pipeline(model, context):
     """Remember the profile the model was configured with (for the infotext)."""
-    profile = context.settings.get("presets.profile")
+    profile = context.setting("presets.profile")
     if profile != "custom" and model.device.type != "cuda":
         profile += f" (no offload on {model.device.type})"
     model.extension_state["profile"] = profile
@@ -78,7 +79,7 @@ def advice(context, device):
         tips.append("CPU offload 'model' or 'group-leaf'")
     if device.type == "cuda" and option_value(context, "quantization.method") == "none":
         tips.append("quantization (bnb-nf4 or quanto-int8)")
-    profile = context.settings.get("presets.profile")
+    profile = context.setting("presets.profile")
     if profile != "lowvram":
         tips.append("the --lowvram profile" if profile == "medvram" else "the --medvram or --lowvram profile")
     return tips
@@ -90,9 +91,9 @@ def out_of_memory(request, model, context, error):
     tips = advice(context, model.device)
     message = "Would help: " + "; ".join(tips) + "." if tips else "Already at the lowest-memory profile: " \
         "try a smaller size or batch."
-    profile = context.settings.get("presets.profile")
-    if context.settings.get("presets.oom_retry") and profile != "lowvram":
+    profile = context.setting("presets.profile")  # this job's: a retried job sees its lower profile
+    if context.setting("presets.oom_retry") and profile != "lowvram":
         lower = PROFILES[PROFILES.index(profile) + 1]
-        context.settings.override("presets.profile", lower)
-        return {"advice": f"{message} Retrying with the {lower} profile.", "retry": True}
+        return {"advice": f"{message} Retrying with the {lower} profile.", "retry": True,
+                "settings": {"presets.profile": lower}}  # for this job only: the app's setting stays
     return {"advice": message}

@@ -112,10 +112,10 @@ def device_in_use(context):
     process = train_state(context).current
     if process is None or not process.running:
         return None
-    policy = context.settings.get("train.queue_waits", QUEUE_WAITS[0])
+    policy = context.setting("train.queue_waits", QUEUE_WAITS[0])
     if policy == "never":
         return None
-    if policy == QUEUE_WAITS[0] and not (run_uses_a_gpu(process.config) and context.pipelines.device.type == "cuda"):
+    if policy == QUEUE_WAITS[0] and not (run_uses_a_gpu(process.config) and context.device.type == "cuda"):
         return None
     summary = summarize(read_training_events(process.run_dir))
     step = f", step {summary['step']}/{summary['total']}" if summary.get("total") else ""
@@ -410,7 +410,7 @@ def render_train_tab(ui: UIContext) -> None:
                                 "resolution": config.resolution, "rank": config.rank, "alpha": config.alpha,
                                 "learning_rate": config.learning_rate, "max_steps": config.max_steps,
                                 "mode": config.mode, "full_output_format": config.full_output_format})
-            process = TrainingProcess(config, num_processes=int(context.settings.get("train.num_processes", 1)))
+            process = TrainingProcess(config, num_processes=int(context.setting("train.num_processes", 1)))
             process.start(fresh=not resume_run)
             state.current = process
         yield from follow(process)

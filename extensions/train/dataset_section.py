@@ -50,14 +50,15 @@ def dataset_settings() -> list[Setting]:
     ]
 
 
-def upload_limits(settings: Any) -> UploadLimits:
-    """The :class:`UploadLimits` the settings ask for."""
+def upload_limits(context: Any) -> UploadLimits:
+    """The :class:`UploadLimits` the app's settings ask for."""
     defaults = UploadLimits()
-    files = int(settings.get("train.upload_max_files", defaults.max_files))
+    files = int(context.setting("train.upload_max_files", defaults.max_files))
     return UploadLimits(max_files=files, max_zip_entries=max(files * 2, files + 10),
-                        max_file_bytes=int(settings.get("train.upload_max_file_mib", defaults.max_file_bytes // MIB)) * MIB,
-                        max_total_bytes=int(settings.get("train.upload_max_total_mib",
-                                                         defaults.max_total_bytes // MIB)) * MIB)
+                        max_file_bytes=int(context.setting("train.upload_max_file_mib",
+                                                           defaults.max_file_bytes // MIB)) * MIB,
+                        max_total_bytes=int(context.setting("train.upload_max_total_mib",
+                                                            defaults.max_total_bytes // MIB)) * MIB)
 
 
 @dataclass
@@ -94,7 +95,7 @@ def render_dataset_section(ui: UIContext, dataset_dropdown: Any, cache: Captione
     context = ui.context
 
     def store() -> DatasetStore:
-        return DatasetStore(context.datasets_dir, upload_limits(context.settings))
+        return DatasetStore(context.datasets_dir, upload_limits(context))
 
     choices = [(choice.label, choice.name) for choice in captioner_choices(context.models_dir)]
     with gr.Accordion("Dataset: upload, captions, edit", open=True, elem_id="dataset-section"):

@@ -45,8 +45,11 @@ def render_txt2img_tab(ui: UIContext) -> None:
     def run(holder: dict, model: str, prompt: str, negative_prompt: str, sampler: str, schedule_type: str,
             steps: float, width: float, height: float, cfg_scale: float, seed: float, batch_count: float,
             batch_size: float, use_refiner: bool, refiner_model: str | None, refiner_switch_at: float,
-            *extension_values: Any):
-        """Generate images; yields progress while the job waits and runs, then the gallery."""
+            extras: dict[str, Any] | None = None):
+        """Generate images; yields progress while the job waits and runs, then the gallery.
+
+        ``extras`` holds the extension controls' values by key (``{"lora.names": [...]}``).
+        """
         request = GenerationRequest(
             prompt=prompt or "", negative_prompt=negative_prompt or "", model=model or "", sampler=sampler,
             schedule_type=schedule_type, steps=int(steps), width=int(width), height=int(height),
@@ -54,23 +57,23 @@ def render_txt2img_tab(ui: UIContext) -> None:
             batch_size=int(batch_size),
             refiner=RefinerOptions(model=refiner_model, switch_at=float(refiner_switch_at))
             if use_refiner and refiner_model else None,
-            save=bool(context.settings.get("txt2img.save_images", True)),
-            extras={key: value for (key, _), value in zip(extension_controls, extension_values)},
+            save=bool(context.setting("txt2img.save_images", True)),
+            extras=form.extras_value(extras),
         )
         ui.remember(SCOPE, {key: getattr(request, key) for key in REMEMBERED})
-        yield from form.job_updates(ui, request, holder, bool(context.settings.get("txt2img.preview", True)))
+        yield from form.job_updates(ui, request, holder, bool(context.setting("txt2img.preview", True)))
 
     ui.share_fields(SCOPE, {"prompt": prompt, "negative_prompt": negative, "model": picker.model,
                             "sampler": sampling.sampler, "schedule_type": sampling.schedule, "steps": sampling.steps,
                             "cfg_scale": sampling.cfg, "seed": sampling.seed, "width": width, "height": height})
     inputs = [job_holder, picker.model, prompt, negative, sampling.sampler, sampling.schedule, sampling.steps, width,
               height, sampling.cfg, sampling.seed, batch_count, batch_size, use_refiner, refiner_model,
-              switch_at] + [component for _, component in extension_controls]
+              switch_at]
     # Easel's queue orders and limits the jobs (and tells each page its place in line), so
-    # Gradio lets every page's request in at once to follow its own job.
-    generate.click(run, inputs=inputs, outputs=outputs.components(), api_name="txt2img",
-                   concurrency_id="generation", concurrency_limit=None)
-    prompt.submit(run, inputs=inputs, outputs=outputs.components(), api_name=False, concurrency_id="generation")
+    # Gradio lets every page's request in at once to follow its own job. The extension controls
+    # arrive in one ``extras`` dict: the endpoint's signature does not depend on the extensions.
+    form.wire_generate(run, inputs, extension_controls, outputs.components(), [generate.click, prompt.submit],
+                       api_name="txt2img")
     form.wire_stop_buttons(ui, job_holder, interrupt, skip, outputs.progress)
     sampling.reuse_seed.click(lambda value: value if value is not None else -1, inputs=outputs.used_seed,
                               outputs=sampling.seed, api_name=False, queue=False)

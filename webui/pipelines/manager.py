@@ -75,6 +75,7 @@ class LoadedModel:
 
     @property
     def name(self) -> str:
+        """The model's name as listed (its source's name: a file name, a folder, a hub id or a built-in)."""
         return self.source.name
 
     @property

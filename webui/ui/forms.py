@@ -274,6 +274,46 @@ def job_updates(ui: "UIContext", request: GenerationRequest, holder: dict, show_
     yield (items, None, status, first.infotext if first else "", first.seed if first else None)
 
 
+def extras_value(extras: Any) -> dict[str, Any]:
+    """The ``extras`` argument of a generation endpoint as a dict (None means none); anything else is refused."""
+    import gradio as gr
+
+    if extras is None:
+        return {}
+    if not isinstance(extras, dict):
+        raise gr.Error(f"extras must be an object of extension control values (key: value), got "
+                       f"{type(extras).__name__}", print_exception=False)
+    return {str(key): value for key, value in extras.items()}
+
+
+def wire_generate(run: Any, inputs: list[Any], extension_controls: list[tuple[str, Any]], outputs: list[Any],
+                  triggers: list[Any], api_name: str) -> None:
+    """Wire Generate so that extension controls reach ``run`` as ONE last argument, ``extras``. API 1.4.
+
+    ``run(*inputs, extras)`` gets ``{control key: value}``; ``extension_controls`` are the
+    ``(key, component)`` pairs of :meth:`webui.api.UIContext.render_generation_controls`. The
+    endpoint ``api_name`` (the first trigger's) therefore takes ``inputs`` then ``extras``, a dict
+    that API callers fill with the keys they need (e.g. ``{"lora.names": ["x"]}``) or leave out:
+    its signature is the same whichever extensions are loaded. In the browser each trigger
+    (``generate.click``, ``prompt.submit``, ...) first gathers the controls' values into a
+    hidden JSON component, then runs.
+    """
+    import gradio as gr
+
+    extras = gr.JSON(value={}, visible=False)
+    keys = [key for key, _ in extension_controls]
+    components = [component for _, component in extension_controls]
+
+    def gather(*values: Any) -> dict[str, Any]:
+        return dict(zip(keys, values))
+
+    for index, trigger in enumerate(triggers):
+        trigger(gather, inputs=components, outputs=extras, api_name=False, queue=False,
+                show_progress="hidden").then(
+            run, inputs=list(inputs) + [extras], outputs=outputs, api_name=api_name if index == 0 else False,
+            concurrency_id="generation", concurrency_limit=None)
+
+
 def stop_job(ui: "UIContext", holder: dict, which: str) -> str:
     """Interrupt (or cancel, while it waits) or skip the job this page follows."""
     job = holder.get("job")
