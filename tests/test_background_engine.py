@@ -260,7 +260,8 @@ def test_on_the_gpu_detector_and_segmenter_go_back_to_the_cpu(make_context):
     context = make_context(device="cuda")
     image, truth = scene()
     found = engine.detect_subject(context, image, "the square", registry.TINY_DETECTOR, 0.0, 0.0)
-    assert found and engine.model_cache(context).detector(context.models_dir, registry.TINY_DETECTOR).device.type == "cpu"
+    assert found
+    assert engine.model_cache(context).detector(context.models_dir, registry.TINY_DETECTOR).device.type == "cpu"
     mask = engine.segment_subject(context, image, [found[0].box], registry.TINY_SAM)
     assert mask.shape == truth.shape
     assert engine.model_cache(context).segmenter(context.models_dir, registry.TINY_SAM).device.type == "cpu"

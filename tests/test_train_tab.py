@@ -237,7 +237,7 @@ def test_image_jobs_wait_while_a_training_run_holds_the_device_and_say_why(serve
     run = client.submit(**dict(TRAIN_ARGS, max_steps=3, output_name="tab_lora2"), api_name="/train_start")
     wait_for_event(context.training_dir / "tab_lora2", step_reached(1), run)
     assert context.device_in_use() is None
-    gallery, *_ = client.predict(*image_args, api_name="/txt2img")
+    gallery, *_ = client.predict(**txt2img_args(batch_size=1), api_name="/txt2img")
     assert len(gallery) == 1
     train_hold.unlink()
     run.result(timeout=600)

@@ -471,7 +471,9 @@ NAMES_SINCE: dict[str, str] = {
         "LoadedModel.spec", "UIContext.share_fields", "UIContext.shared_fields", "UIContext.send_to",
         "UIContext.send_image_button",
         *(f"generation_form.{name}" for name in (
-            'model_choices', 'model_note', 'all_samplers', 'ModelPicker', 'render_model_picker', 'render_prompt_row', 'Sampling', 'render_sampling', 'render_size', 'render_batch', 'Outputs', 'render_outputs', 'render_send_buttons', 'wire_model_follow', 'job_updates', 'stop_job', 'wire_stop_buttons')),
+            "model_choices", "model_note", "all_samplers", "ModelPicker", "render_model_picker", "render_prompt_row",
+            "Sampling", "render_sampling", "render_size", "render_batch", "Outputs", "render_outputs",
+            "render_send_buttons", "wire_model_follow", "job_updates", "stop_job", "wire_stop_buttons")),
         *(f"GenerationRequest.{name}" for name in (
             "task", "init_image", "mask", "denoising_strength", "resize_mode", "mask_blur", "inpainting_fill",
             "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "infotext_extra")),

@@ -75,11 +75,14 @@ def register_tabs(register: Callable[[Tab], None]) -> None:
 def register_generation_controls(register: Callable[[Control], None], tab_id: str) -> None:
     """Add controls to a generation tab (txt2img, ...), like A1111's always-on scripts.
 
-    Called while the tab ``tab_id`` is built (once per UI build, not once per page load). ``register(control)`` takes a
-    :class:`webui.api.Control`; its ``render(ui)`` creates ONE Gradio component inside the
-    tab's "Extensions" area and returns it. Whatever value that component holds when the
-    user clicks Generate arrives in ``request.extras[control.key]`` (REST callers set the
-    same key directly). Return nothing; register nothing for tabs you do not serve.
+    Called while the tab ``tab_id`` is built (once per UI build, not once per page load).
+    ``register(control)`` takes a :class:`webui.api.Control`; its ``render(ui)`` creates ONE
+    Gradio component inside the tab's "Extensions" area and returns it. Whatever value that
+    component holds when the user clicks Generate arrives in ``request.extras[control.key]``.
+    API callers set the same key in the endpoint's one ``extras`` argument (Gradio's
+    ``/txt2img`` and ``/img2img``: ``extras={"lora.names": [...]}``; since API 1.4 the
+    controls are no longer positional arguments). Return nothing; register nothing for tabs
+    you do not serve.
     """
 
 

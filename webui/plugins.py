@@ -43,6 +43,10 @@ BUILTIN_EXTENSIONS = ("txt2img", "img2img", "extensions_page", "background", "lo
                       "attention", "vae", "offload", "quantization", "speed")
 API_VERSION = "1.4"
 
+#: What a ``@hookimpl(wrapper=True)`` function returns: a generator that yields once, receives the
+#: result and returns it (possibly changed).
+WrapperGenerator = Generator[None, Any, Any]
+
 
 @dataclass
 class ExtensionInfo:
@@ -261,7 +265,7 @@ class PluginHost:
         return isolated
 
     def _isolated_wrapper(self, extension: str, hook_name: str,
-                          function: Callable[..., Generator[None, Any, Any]]) -> Callable[..., Generator[None, Any, Any]]:
+                          function: Callable[..., WrapperGenerator]) -> Callable[..., WrapperGenerator]:
         """A ``wrapper=True`` implementation that passes the result through unchanged when it fails.
 
         The wrapper runs as pluggy defines it (code before its ``yield``, the other
@@ -274,7 +278,7 @@ class PluginHost:
             self._record(extension, hook_name, exc, disable=False)
 
         @functools.wraps(function)
-        def isolated(*args: Any, **kwargs: Any) -> Generator[None, Any, Any]:
+        def isolated(*args: Any, **kwargs: Any) -> WrapperGenerator:
             try:
                 inner = function(*args, **kwargs)
                 next(inner)
