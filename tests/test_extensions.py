@@ -75,8 +75,8 @@ def test_broken_drop_in_extensions_are_listed_and_skipped(make_context, tmp_path
     assert {"txt2img", "Background", "Train", "Settings", "Extensions"} <= tabs, tabs
     table = next(block for block in blocks.blocks.values() if getattr(block, "elem_id", None) == "extensions-table")
     rows = {row[0]: dict(zip(table.value["headers"], row)) for row in table.value["data"]}
-    assert "failed" in rows["import_fails"]["Status"] and "No module named" in rows["import_fails"]["Error"]
-    assert "failed" in rows["too_new"]["Status"] and "9.0" in rows["too_new"]["Error"]
+    assert "failed" in rows["import_fails"]["Status"] and "No module named" in rows["import_fails"]["Errors"]
+    assert "failed" in rows["too_new"]["Status"] and "9.0" in rows["too_new"]["Errors"]
     assert "loaded" in rows["raises_in_hook"]["Status"] and "loaded" in rows["txt2img"]["Status"]
 
 
@@ -100,7 +100,7 @@ def test_extensions_page_status_is_plain_text(make_context, tmp_path):
     page = next(plugin for plugin in context.plugins.pm.get_plugins()
                 if getattr(plugin, "__name__", "").endswith("extensions_page"))
     rows = page.extension_rows(UIContext(context=context, blocks=None))
-    statuses = {row[0]: row[2] for row in rows}
+    statuses = {row[0]: row[4] for row in rows}
     assert statuses["txt2img"] == "loaded" and statuses["import_fails"] == "failed" and statuses["noisy"] == "disabled"
     safe = set(string.ascii_letters + string.digits + " -_().,:")
     assert all(set(status) <= safe for status in statuses.values()), statuses

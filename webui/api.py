@@ -155,6 +155,8 @@ from webui.pipelines.schedulers import (
 from webui.pipelines.sources import ModelSource
 from webui.plugins import API_VERSION
 from webui.queue import QueueFullError, follow_job
+from webui.requirements_check import RequirementStatus, check_requirement, missing as unmet_requirements
+from webui.requirements_check import pip_command, pip_command_text
 from webui.tasks import flatten, mask_from_image, resize_image
 from webui.ui import forms as generation_form
 from webui.training.captioners import (
@@ -490,7 +492,9 @@ NAMES_SINCE: dict[str, str] = {
                      "DownloadError", "DownloadProgress", "DownloadResult", "LocalModel", "MODEL_KINDS", "ModelOrigin",
                      "FULL_OUTPUT_FORMATS", "EaselContext.local_models", "EaselContext.download_model",
                      "EaselContext.export_model", "EaselContext.download_policy", "UIContext.register_model_list",
-                     "UIContext.refresh_model_lists_after"],
+                     "UIContext.refresh_model_lists_after",
+                     # extensions' declared requirements
+                     "RequirementStatus", "check_requirement", "unmet_requirements", "pip_command", "pip_command_text"],
                     "1.4"),
 }
 
@@ -506,6 +510,11 @@ HOOKS_SINCE: dict[str, str] = {
 
 __all__ = [
     "API_VERSION",
+    "RequirementStatus",
+    "check_requirement",
+    "unmet_requirements",
+    "pip_command",
+    "pip_command_text",
     "HOOKS_SINCE",
     "NAMES_SINCE",
     "CaptionReport",

@@ -17,8 +17,8 @@ import subprocess
 
 import gradio as gr
 
-from webui.api import Tab, UIContext, hookimpl
-from webui.requirements_check import check_requirement, missing, pip_command, pip_command_text
+from webui.api import Tab, UIContext, check_requirement, hookimpl, pip_command, pip_command_text
+from webui.api import unmet_requirements as missing
 
 EASEL_API_VERSION = "1.4"
 
@@ -34,20 +34,21 @@ def saved_disabled(ui: UIContext) -> set[str]:
     return set(ui.context.setting(DISABLED_SETTING, []) or [])
 
 
-def status_text(info, disabled_next: set[str]) -> str:
-    """``loaded``, ``failed``, ``disabled``, and what changes at the next start."""
-    will_be_disabled = info.name in disabled_next
-    if info.status == "disabled" and not will_be_disabled:
-        return "disabled (enabled at next start)"
-    if info.status != "disabled" and will_be_disabled:
+def status_text(info, saved_at_start: set[str], saved_now: set[str]) -> str:
+    """``loaded``, ``failed``, ``disabled``, and what a change saved on this page does at the next start."""
+    if info.name in saved_now and info.name not in saved_at_start:
         return f"{info.status} (disabled at next start)"
+    if info.name in saved_at_start and info.name not in saved_now:
+        return f"{info.status} (enabled at next start)"
     return info.status
 
 
 def extension_rows(ui: UIContext) -> list[list[str]]:
     """One row per extension (see :data:`HEADERS`)."""
     context = ui.context
-    disabled_next = saved_disabled(ui)
+    saved_at_start = set(context.extension_state.setdefault(THIS_PAGE, {}).setdefault(
+        "saved_at_start", sorted(saved_disabled(ui))))
+    saved_now = saved_disabled(ui)
     failures: dict[str, list[str]] = {}
     for failure in context.extension_failures():
         failures.setdefault(failure.extension, []).append(str(failure))
@@ -59,7 +60,7 @@ def extension_rows(ui: UIContext) -> list[list[str]]:
             info.version or "-",
             info.api_version or "-",
             SOURCES.get(info.origin, info.origin),
-            status_text(info, disabled_next),  # plain words: an emoji is a box without an emoji font
+            status_text(info, saved_at_start, saved_now),  # plain words: an emoji is a box without an emoji font
             "; ".join(status.describe() for status in statuses),
             "; ".join(failures.get(info.name, [])) or info.error,
         ])
