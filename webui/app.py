@@ -91,6 +91,7 @@ def create_context(options: AppOptions) -> EaselContext:
     context.queue = create_queue(context)
     context_holder.append(context)
     plugins.call("app_started", context=context)
+    context.job_recorder().recover()  # REST jobs that were queued or running when the last process stopped
     return context
 
 

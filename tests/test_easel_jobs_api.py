@@ -1,0 +1,247 @@
+"""Easel's own job routes (``/easel/v1/jobs``) over a real app context and the tiny model:
+submit -> poll -> the PNG, cancel, 404s, the image route's folder check, jobs that survive a
+restart, webhooks. The device is held by a test extension (``device_in_use``) wherever jobs must
+stay queued, so nothing races the clock."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import free_port, make_options
+from webui.api import hookimpl
+from webui.job_store import STORE_FILE, JobRecord
+from webui.jobs import GenerationRequest
+from webui.outputs import read_infotext
+from webui.rest.easel_v1 import create_router
+
+WAIT = 300  # seconds; every wait below ends on an event long before this on a free machine
+TINY = dict(model="tiny", width=64, height=64, steps=2, cfg_scale=5.0)
+
+
+class DeviceHold:
+    """A test extension that says the device is in use while ``held`` is set."""
+
+    def __init__(self, held: bool = True) -> None:
+        self.held = threading.Event()
+        if held:
+            self.held.set()
+
+    @hookimpl
+    def device_in_use(self, context):
+        return "held by the test" if self.held.is_set() else None
+
+
+def make_app(tmp_path, **overrides):
+    """(context, TestClient) of an app on ``tmp_path`` serving only the ``/easel/v1`` router."""
+    from webui.app import create_context
+
+    context = create_context(make_options(tmp_path, **overrides))
+    app = FastAPI()
+    app.include_router(create_router(context))
+    return context, TestClient(app)
+
+
+def submit(client, prompt: str, seed: int, task: str = "txt2img", **fields):
+    response = client.post("/easel/v1/jobs", json={"task": task, "request": {"prompt": prompt, "seed": seed, **TINY},
+                                                   **fields})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait_until_ended(client, job_id: str) -> dict:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        job = client.get(f"/easel/v1/jobs/{job_id}").json()
+        if job["status"] not in ("queued", "running"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not end in {WAIT} s: {job}")
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_a_txt2img_job_is_accepted_at_once_runs_and_serves_its_png(tmp_path):
+    context, client = make_app(tmp_path)
+    accepted = submit(client, "a red circle", seed=1234)
+    assert accepted["status"] == "queued" and accepted["position"] == 1
+    assert accepted["url"] == f"/easel/v1/jobs/{accepted['id']}"
+
+    job = wait_until_ended(client, accepted["id"])
+    assert job["status"] == "finished", job
+    assert job["seeds"] == [1234] and job["started"] >= job["created"] and job["ended"] >= job["started"]
+    kinds = [event["kind"] for event in job["events"]]
+    assert kinds[0] == "queued" and "started" in kinds and "step" in kinds and kinds[-1] == "finished"
+    assert len(job["images"]) == 1 and "Seed: 1234" in job["infotexts"][0] and "Size: 64x64" in job["infotexts"][0]
+
+    served = client.get(job["images"][0])
+    assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(served.content))
+    assert image.size == (64, 64)
+    assert read_infotext(image) == job["infotexts"][0]  # the PNG carries the job's parameters
+    # the served pixels are the requested image: the same request run in process gives the same pixels
+    reference = context.generate(GenerationRequest(prompt="a red circle", seed=1234, save=False, **TINY))
+    assert np.array_equal(png_pixels(served.content), np.asarray(reference.images[0].image.convert("RGB")))
+
+    listed = client.get("/easel/v1/jobs").json()["jobs"]
+    assert [item["id"] for item in listed] == [accepted["id"]] and listed[0]["status"] == "finished"
+    assert (tmp_path / "data" / STORE_FILE).is_file()
+
+
+def test_a_queued_job_can_be_deleted_and_never_runs(tmp_path):
+    hold = DeviceHold()
+    context, client = make_app(tmp_path, extra_plugins={"hold": hold})
+    cancelled = submit(client, "cancel me", seed=1)
+    kept = submit(client, "keep me", seed=2)
+    assert (cancelled["position"], kept["position"]) == (1, 2)
+
+    answer = client.delete(f"/easel/v1/jobs/{cancelled['id']}")
+    assert answer.status_code == 200 and answer.json()["status"] == "cancelled"
+    assert client.get(f"/easel/v1/jobs/{kept['id']}").json()["position"] == 1  # moved up
+    assert client.delete(f"/easel/v1/jobs/{cancelled['id']}").status_code == 409  # it has already ended
+
+    hold.held.clear()
+    assert wait_until_ended(client, kept["id"])["status"] == "finished"
+    record = client.get(f"/easel/v1/jobs/{cancelled['id']}").json()
+    assert record["status"] == "cancelled" and record["started"] is None and record["images"] == []
+    assert [event["kind"] for event in record["events"]][-1] == "cancelled"
+
+
+def test_deleting_a_running_job_interrupts_it(tmp_path):
+    context, client = make_app(tmp_path)
+    accepted = client.post("/easel/v1/jobs", json={"task": "txt2img", "request": {
+        "prompt": "long", "seed": 3, **dict(TINY, steps=150), "batch_count": 4}}).json()
+    wait_for(lambda: client.get(f"/easel/v1/jobs/{accepted['id']}").json()["progress"] is not None, "the first step")
+    answer = client.delete(f"/easel/v1/jobs/{accepted['id']}")
+    assert answer.status_code == 200 and answer.json()["status"] == "interrupting"
+    job = wait_until_ended(client, accepted["id"])
+    assert job["status"] == "interrupted"
+    assert len(job["images"]) < 4  # it stopped long before the 4 x 150 steps were done
+
+
+def test_unknown_jobs_and_bad_requests_get_clear_errors(tmp_path):
+    context, client = make_app(tmp_path)
+    unknown = "0" * 32
+    for method, url in (("get", f"/easel/v1/jobs/{unknown}"), ("delete", f"/easel/v1/jobs/{unknown}"),
+                        ("get", f"/easel/v1/jobs/{unknown}/images/0")):
+        response = getattr(client, method)(url)
+        assert response.status_code == 404 and unknown in response.json()["detail"], (method, url)
+
+    def refused(body: dict, words: str) -> None:
+        response = client.post("/easel/v1/jobs", json=body)
+        assert response.status_code == 422, response.text
+        assert words in json.dumps(response.json()) and "Traceback" not in response.text
+
+    refused({"task": "paint", "request": {}}, "txt2img")
+    refused({"task": "txt2img", "request": {**TINY, "width": 65}}, "multiple of 8")
+    refused({"task": "txt2img", "request": {**TINY, "steps": "many"}}, "steps")
+    refused({"task": "img2img", "request": TINY}, "needs an initial image")
+    refused({"task": "img2img", "request": {**TINY, "init_image": "not base64!"}}, "not valid base64")
+    refused({"task": "img2img", "request": {**TINY, "init_image": base64.b64encode(b"text").decode()}},
+            "not an image")
+    refused({"task": "txt2img", "request": TINY, "webhook": "file:///etc/passwd"}, "http:// or https://")
+    assert client.get("/easel/v1/jobs").json() == {"jobs": []}  # nothing refused was recorded
+
+
+def test_the_image_route_serves_only_files_inside_the_outputs_folder(tmp_path):
+    context, client = make_app(tmp_path)
+    outputs = tmp_path / "outputs"
+    (outputs / "txt2img").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), "red").save(outputs / "txt2img" / "inside.png")
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), "blue").save(secret)
+    (outputs / "txt2img" / "link.png").symlink_to(secret)
+    # A record whose image paths were tampered with (the database is a file anyone with the data folder can edit).
+    paths = ["txt2img/inside.png", "../secret.png", str(secret), "txt2img/link.png", "txt2img/../../secret.png"]
+    context.job_recorder().store.add(JobRecord(id="tampered", task="txt2img", request={}, status="finished",
+                                               images=paths))
+    assert client.get("/easel/v1/jobs/tampered/images/0").status_code == 200
+    for index in range(1, len(paths)):
+        response = client.get(f"/easel/v1/jobs/tampered/images/{index}")
+        assert response.status_code == 404 and "secret" not in response.text, paths[index]
+    for url in ("/easel/v1/jobs/tampered/images/..%2F..%2Fsecret.png", "/easel/v1/jobs/tampered/images/-1",
+                "/easel/v1/jobs/tampered/images/5"):
+        assert client.get(url).status_code in (404, 422), url
+
+
+def test_queued_jobs_run_after_a_restart_in_their_order_and_finished_ones_stay_listed(tmp_path):
+    hold = DeviceHold()
+    first_context, first_client = make_app(tmp_path, extra_plugins={"hold": hold})
+    accepted = [submit(first_client, f"job {n}", seed=100 + n) for n in range(3)]
+    assert [job["position"] for job in accepted] == [1, 2, 3]
+    first_context.close()  # the server stops while the device is still held: none of them ran
+
+    second_context, client = make_app(tmp_path)  # a new process over the same folders, nothing holds the device
+    ended = [wait_until_ended(client, job["id"]) for job in accepted]
+    assert [job["status"] for job in ended] == ["finished"] * 3, ended
+    assert [job["seeds"] for job in ended] == [[100], [101], [102]]
+    assert ended[0]["started"] < ended[1]["started"] < ended[2]["started"]  # in the order they were submitted
+    for job in ended:
+        assert png_pixels(client.get(job["images"][0]).content).shape == (64, 64, 3)
+    second_context.close()
+
+    third_context, client = make_app(tmp_path)  # after another restart the finished jobs are still there
+    listed = client.get("/easel/v1/jobs").json()["jobs"]
+    assert [job["id"] for job in listed] == [job["id"] for job in reversed(accepted)]  # newest first
+    assert all(job["status"] == "finished" and len(job["images"]) == 1 for job in listed)
+    assert client.get(listed[0]["images"][0]).status_code == 200
+    assert third_context.queue.snapshot()["waiting"] == []  # nothing ran twice
+
+
+class _WebhookReceiver(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((self.path, self.headers["Content-Type"], json.loads(body)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook_server():
+    received: list = []
+    handler = type("Receiver", (_WebhookReceiver,), {"received": received})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", received
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_webhook_receives_the_final_record_and_a_dead_one_breaks_nothing(tmp_path, webhook_server):
+    url, received = webhook_server
+    context, client = make_app(tmp_path)
+    called = submit(client, "hooked", seed=7, webhook=f"{url}/done?token=abc")
+    dead = submit(client, "hooked", seed=8, webhook=f"http://127.0.0.1:{free_port()}/nobody")
+    job = wait_until_ended(client, called["id"])
+    assert wait_until_ended(client, dead["id"])["status"] == "finished"  # the unreachable webhook broke nothing
+    context.job_recorder().wait_for_webhooks(timeout=30)
+    assert len(received) == 1
+    path, content_type, record = received[0]
+    assert path == "/done?token=abc" and content_type == "application/json"
+    assert record["id"] == called["id"] and record["status"] == "finished" and record["seeds"] == [7]
+    assert record["image_urls"] == job["images"] and record["infotexts"] == job["infotexts"]
