@@ -245,3 +245,75 @@ def test_a_webhook_receives_the_final_record_and_a_dead_one_breaks_nothing(tmp_p
     assert path == "/done?token=abc" and content_type == "application/json"
     assert record["id"] == called["id"] and record["status"] == "finished" and record["seeds"] == [7]
     assert record["image_urls"] == job["images"] and record["infotexts"] == job["infotexts"]
+
+
+# ----- the background extension's routes and job task ------------------------------------
+
+def b64_png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_background_detect_and_mask_routes_work_as_the_tab_does(tmp_path):
+    from test_background_engine import scene
+
+    context, client = make_app(tmp_path)
+    image, truth = scene()
+    found = client.post("/easel/v1/background/detect", json={
+        "image": b64_png(image), "subject_prompt": "the square", "detector": "tiny-grounding-dino",
+        "box_threshold": 0.0, "text_threshold": 0.0, "work_side": 64})
+    assert found.status_code == 200, found.text
+    body = found.json()
+    assert (body["width"], body["height"]) == (128, 96) and body["detections"]
+    assert all(0 <= d["box"][0] <= d["box"][2] <= 128 and 0 <= d["box"][1] <= d["box"][3] <= 96
+               for d in body["detections"])
+
+    made = client.post("/easel/v1/background/mask", json={
+        "image": b64_png(image), "boxes": [[34, 18, 102, 78]], "segmenter": "grabcut", "work_side": 96})
+    assert made.status_code == 200, made.text
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(made.json()["mask"])))) >= 128
+    assert mask.shape == truth.shape and (mask & truth).sum() / (mask | truth).sum() > 0.8  # GrabCut found the square
+    assert abs(made.json()["coverage"] - mask.mean()) < 1e-6
+
+    for url, body in (("/easel/v1/background/detect", {"image": "eA==", "subject_prompt": "x"}),
+                      ("/easel/v1/background/mask", {"image": b64_png(image), "boxes": []}),
+                      ("/easel/v1/background/detect", {"image": b64_png(image), "subject_prompt": " "})):
+        response = client.post(url, json=body)
+        assert response.status_code == 422 and "Traceback" not in response.text, (url, response.text)
+    assert "/easel/v1/background/mask" in client.get("/openapi.json").json()["paths"]  # the extension's routes
+
+
+def test_a_background_job_survives_a_restart_and_keeps_the_subject_pixel_identical(tmp_path):
+    from test_background_engine import scene
+
+    image, truth = scene()
+    request = {"image": b64_png(image), "mask": b64_png(Image.fromarray(truth.astype(np.uint8) * 255)),
+               "background_prompt": "a sunny beach", "model": "tiny", "steps": 3, "cfg_scale": 5.0, "seed": 11,
+               "erode": 3, "feather": 4, "work_side": 128}
+    hold = DeviceHold()
+    first_context, first_client = make_app(tmp_path, extra_plugins={"hold": hold})
+    accepted = first_client.post("/easel/v1/jobs", json={"task": "background", "request": request})
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["id"]
+    wait_for(lambda: first_client.get(f"/easel/v1/jobs/{job_id}").json()["status"] == "queued"
+             and first_context.queue.snapshot()["waiting"] == [job_id], "its inpainting to wait in the queue")
+    first_context.close()
+
+    second_context, client = make_app(tmp_path)
+    job = wait_until_ended(client, job_id)
+    assert job["status"] == "finished" and job["task"] == "background", job
+    assert len(job["images"]) == 2 and "Seed: 11" in job["infotexts"][0] and "a sunny beach" in job["infotexts"][0]
+    result = png_pixels(client.get(job["images"][0]).content)
+    saved_mask = np.asarray(Image.open(io.BytesIO(client.get(job["images"][1]).content))) >= 128
+    source = np.asarray(image)
+    from extensions.background import masks
+
+    core = masks.grow(truth, -3)
+    assert result.shape == source.shape and np.array_equal(result[core], source[core])  # the subject is untouched
+    background = ~masks.grow(truth, 2)
+    assert (np.abs(result[background].astype(int) - source[background].astype(int)).sum(axis=1) > 10).mean() > 0.9
+    assert np.array_equal(saved_mask, truth)
+
+    refused = client.post("/easel/v1/jobs", json={"task": "background", "request": {"image": b64_png(image)}})
+    assert refused.status_code == 422 and "subject_prompt" in refused.json()["detail"]

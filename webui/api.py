@@ -48,6 +48,11 @@ a tab offers components others may fill with :meth:`UIContext.share_fields`; ano
 a button with :meth:`UIContext.send_to`; :func:`resolve_sampler` splits A1111's legacy sampler
 names (``"DPM++ 2M Karras"``) into sampler and schedule type; :func:`read_image_text` reads every
 text an image carries (PNG text chunks, EXIF UserComment).
+
+Added in 1.4: Easel's own REST API (``/easel/v1``). ``register_api_routes(router, context)``
+adds an extension's routes to it; ``register_job_tasks(register)`` adds kinds of jobs
+(:class:`JobTask`) that callers submit, poll and cancel like txt2img jobs, kept in the job store
+(SQLite under the data folder) and run again after a restart.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from webui.context import EaselContext
 from webui.errors import EaselError, ExtensionError, GenerationError
 from webui.generation import prompt_arguments
 from webui.hookspecs import PROJECT_NAME
+from webui.job_store import JobTask
 from webui.infotext import build_infotext, parse_infotext
 from webui.memory import (
     MAX_OOM_RETRIES,
@@ -342,6 +348,7 @@ __all__ = [
     "GenerationResult",
     "ImageRecord",
     "Job",
+    "JobTask",
     "LoadedModel",
     "MAX_OOM_RETRIES",
     "ModelSource",

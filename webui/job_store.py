@@ -34,10 +34,11 @@ import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from webui.jobs import FINAL_EVENTS, GenerationRequest, Job, RequestError
-from webui.queue import QueueFullError
+from webui.errors import EaselError
+from webui.jobs import FINAL_EVENTS, GenerationRequest, GenerationResult, Job, RequestError
+from webui.queue import JobCancelledError, QueueFullError
 
 if TYPE_CHECKING:
     from webui.context import EaselContext
@@ -108,6 +109,25 @@ class JobRecord:
         data.pop("request")
         data["image_urls"] = [image_url(self.id, index) for index in range(len(self.images))]
         return data
+
+
+@dataclass
+class JobTask:
+    """A kind of job an extension adds to the job API (hook ``register_job_tasks``, API 1.4).
+
+    ``check(request)`` validates a job's ``request`` (a JSON object) and returns what to keep
+    in the job's record (and to run it with, also after a restart); it raises
+    :class:`webui.api.RequestError` with a message for the user. ``run(context, request, job)``
+    does the work on a thread of its own and returns a :class:`GenerationResult` whose images
+    are saved (``path`` set, under the outputs folder). Image generation inside it goes through
+    the queue with the same ``job`` (``context.generate(request, job)``): the job then shows its
+    place in the queue and its steps, and cancelling it cancels or interrupts that generation.
+    Raise :class:`webui.api.RequestError` (or another ``EaselError``) to fail with a message.
+    """
+
+    name: str
+    check: Callable[[dict[str, Any]], dict[str, Any]]
+    run: Callable[["EaselContext", dict[str, Any], Job], GenerationResult]
 
 
 def image_url(job_id: str, index: int) -> str:
@@ -213,13 +233,42 @@ class JobRecorder:
         self._store_lock = threading.Lock()
         self._submit_lock = threading.Lock()
         self._webhook_threads: list[threading.Thread] = []
+        self._closed = False
+        self._tasks: dict[str, JobTask] | None = None
+        self._task_jobs: dict[str, Job] = {}
+        """Running jobs of extension tasks, by id (the queue knows them only while they generate)."""
+        self._started: set[str] = set()
 
     @property
     def store(self) -> JobStore:
         with self._store_lock:
+            if self._closed:
+                raise RuntimeError("the job store of this app is closed")
             if self._store is None:
                 self._store = JobStore(self.path)
             return self._store
+
+    # --- tasks -------------------------------------------------------------------------
+
+    def extension_tasks(self) -> dict[str, JobTask]:
+        """The job tasks extensions add (``register_job_tasks``), by name; asked once."""
+        if self._tasks is None:
+            tasks: dict[str, JobTask] = {}
+
+            def register(task: JobTask) -> None:
+                if not isinstance(task, JobTask):
+                    raise TypeError(f"register_job_tasks expects webui.api.JobTask, got {type(task).__name__}")
+                if task.name in GENERATION_TASKS or task.name in tasks:
+                    raise ValueError(f"a job task named {task.name!r} exists already")
+                tasks[task.name] = task
+
+            self.context.plugins.call("register_job_tasks", register=register)
+            self._tasks = tasks
+        return self._tasks
+
+    def task_names(self) -> list[str]:
+        """Every task a persisted job may have: txt2img, img2img, inpaint, then the extensions' ones."""
+        return [*GENERATION_TASKS, *self.extension_tasks()]
 
     # --- submitting --------------------------------------------------------------------
 
@@ -246,8 +295,17 @@ class JobRecorder:
         when the queue is full (then nothing is recorded).
         """
         webhook = check_webhook_url(webhook)
-        request = self.generation_request(task, payload)
         job = Job()
+        extension_task = self.extension_tasks().get(task)
+        if extension_task is not None:
+            checked = extension_task.check(dict(payload))
+            with self._submit_lock:
+                self.store.add(JobRecord(id=job.id, task=task, request=checked, webhook=webhook))
+                self._start_extension_job(extension_task, checked, job)
+            return job
+        if task not in GENERATION_TASKS:
+            raise RequestError(f"unknown task {task!r}; one of {', '.join(self.task_names())}")
+        request = self.generation_request(task, payload)
         record = JobRecord(id=job.id, task=task, request=request.to_dict(), webhook=webhook)
         with self._submit_lock:  # the store's order is the queue's order
             self.store.add(record)
@@ -258,6 +316,46 @@ class JobRecorder:
                 self.store.delete(job.id)
                 raise
         return job
+
+    def cancel(self, job: Job) -> str:
+        """Cancel a waiting job (``"cancelled"``) or interrupt a running one (``"interrupted"``).
+
+        A job of an extension task that is not generating yet is interrupted: its task stops
+        before it would generate.
+        """
+        return self.context.job_queue().cancel(job)
+
+    def _start_extension_job(self, task: JobTask, request: dict[str, Any], job: Job) -> None:
+        self._task_jobs[job.id] = job
+        job.add_listener(self._on_event)
+        thread = threading.Thread(target=self._run_extension_job, args=(task, request, job),
+                                  name=f"easel-{task.name}-{job.id[:8]}", daemon=True)
+        thread.start()
+
+    def _run_extension_job(self, task: JobTask, request: dict[str, Any], job: Job) -> None:
+        """Run a job of an extension task on this thread and record how it ended."""
+        job.emit("started", task=task.name)
+        error = ""
+        try:
+            job.result = task.run(self.context, request, job)
+            status = "interrupted" if job.result.interrupted else "finished"
+        except JobCancelledError:
+            if any(event.get("shutdown") for event in job.events()[-1:]):
+                self._task_jobs.pop(job.id, None)
+                return  # the server stops: the job stays in the store and runs again after the restart
+            job.result, status, error = None, "cancelled", "Cancelled before it started"
+        except Exception as exc:  # noqa: BLE001 - reported in the job's record, the server goes on
+            job.result = None
+            status = "interrupted" if job.interrupted else "failed"
+            if isinstance(exc, (EaselError, ValueError)):
+                error = str(exc)
+            else:
+                log.exception("Job %s (%s) failed", job.id, task.name)
+                error = f"{type(exc).__name__}: {exc}"
+        try:
+            self._record_end(job, {"kind": status, "time": time.time(), "message": error})
+        finally:
+            self._task_jobs.pop(job.id, None)
 
     def recover(self) -> list[Job]:
         """Queue again, in their original order, the jobs the store says were queued or running.
@@ -271,6 +369,13 @@ class JobRecorder:
         with self._submit_lock:
             for record in self.store.active():
                 job = Job(record.id)
+                extension_task = self.extension_tasks().get(record.task)
+                if extension_task is not None:
+                    self.store.update(record.id, status="queued", started=None, ended=None, error="", images=[],
+                                      infotexts=[], seeds=[], events=[])
+                    self._start_extension_job(extension_task, record.request, job)
+                    jobs.append(job)
+                    continue
                 try:
                     request = self.generation_request(record.task, record.request)
                 except RequestError as exc:
@@ -300,12 +405,13 @@ class JobRecorder:
         return self.store.list(max(1, min(int(limit), MAX_LIST_LIMIT)), max(0, int(offset)))
 
     def live_job(self, job_id: str) -> Job | None:
-        """The job object while the queue still knows it (events, position, cancel)."""
-        return self.context.job_queue().get(job_id)
+        """The job object while this process knows it (events, position, cancel)."""
+        return self._task_jobs.get(job_id) or self.context.job_queue().get(job_id)
 
     def close(self) -> None:
         """Close the store (jobs still queued stay recorded as queued)."""
         with self._store_lock:
+            self._closed = True
             if self._store is not None:
                 self._store.close()
                 self._store = None
@@ -319,11 +425,14 @@ class JobRecorder:
 
     def _on_event(self, job: Job, event: dict[str, Any]) -> None:
         kind = event["kind"]
-        if kind == "started":
+        if kind == "started" and job.id not in self._started:  # a job of an extension task may start twice:
+            self._started.add(job.id)                           # itself, then its generation in the queue
             self.store.update(job.id, status="running", started=event["time"])
         elif kind in FINAL_EVENTS:
             if kind == "cancelled" and event.get("shutdown"):
                 return  # the server stops: the job stays queued and runs after the restart
+            if job.id in self._task_jobs:
+                return  # its generation ended; the task records the job's end when it has finished its work
             self._record_end(job, event)
 
     def _record_end(self, job: Job, event: dict[str, Any]) -> None:
@@ -338,6 +447,7 @@ class JobRecorder:
         events = [dict(item) for item in job.events() if item["kind"] != "step"]
         self.store.update(job.id, status=event["kind"], ended=event["time"], error=error, images=images,
                           infotexts=infotexts, seeds=seeds, events=events)
+        self._started.discard(job.id)
         record = self.store.get(job.id)
         if record is not None and record.webhook:
             thread = threading.Thread(target=self._call_webhook, args=(record.webhook, record.summary()),

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "easel.extensions"
 BUILTIN_EXTENSIONS = ("txt2img", "img2img", "extensions_page", "background", "lora", "train", "png_info", "presets",
                       "attention", "vae", "offload", "quantization", "speed")
-API_VERSION = "1.3"
+API_VERSION = "1.4"
 
 
 @dataclass

@@ -24,11 +24,11 @@ import io
 import logging
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from webui.job_store import API_PREFIX, GENERATION_TASKS, JobRecord, image_url
 from webui.jobs import (
@@ -90,10 +90,12 @@ class GenerationFields(BaseModel):
 
 
 class JobSubmission(BaseModel):
-    """A job to queue."""
+    """A job to queue: its task, what it needs, and optionally a webhook."""
 
-    task: Literal["txt2img", "img2img", "inpaint"]
-    request: GenerationFields = Field(default_factory=GenerationFields)
+    task: str = Field(description="txt2img, img2img, inpaint, or a task an extension adds (background)")
+    request: dict[str, Any] = Field(default_factory=dict, description=(
+        "txt2img / img2img / inpaint: the fields of GenerationFields; an extension's task: its own fields "
+        "(background: the fields of BackgroundFields)"))
     webhook: str | None = Field(None, description="http(s) URL that receives the job's final record (POST, JSON)")
 
 
@@ -159,6 +161,19 @@ def _decode_image_field(name: str, value: str | None) -> str | None:
     return text
 
 
+def _generation_payload(request: dict[str, Any]) -> dict[str, Any]:
+    """A txt2img/img2img/inpaint request checked against :class:`GenerationFields`, images as plain base64."""
+    try:
+        payload = GenerationFields.model_validate(request).model_dump()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+                             for error in exc.errors())
+        raise RequestError(f"the request is not valid: {problems}") from None
+    for name in IMAGE_FIELDS:
+        payload[name] = _decode_image_field(name, payload.get(name))
+    return payload
+
+
 def _unprocessable(message: str) -> HTTPException:
     return HTTPException(status_code=422, detail=message)
 
@@ -201,10 +216,13 @@ def create_router(context) -> APIRouter:
     @router.post("/jobs", status_code=202, response_model=JobAccepted, summary="Queue a job")
     def submit_job(submission: JobSubmission, response: Response) -> JobAccepted:
         """Queue a txt2img, img2img or inpaint job; answers at once with its id and queue position."""
-        payload = submission.request.model_dump()
         try:
-            for name in IMAGE_FIELDS:
-                payload[name] = _decode_image_field(name, payload.get(name))
+            if submission.task in GENERATION_TASKS:
+                payload = _generation_payload(submission.request)
+            elif submission.task in recorder.extension_tasks():
+                payload = submission.request
+            else:
+                raise RequestError(f"unknown task {submission.task!r}; one of {', '.join(recorder.task_names())}")
             job = recorder.submit(submission.task, payload, webhook=submission.webhook)
         except RequestError as exc:
             raise _unprocessable(str(exc)) from None
@@ -254,9 +272,10 @@ def create_router(context) -> APIRouter:
         if live is None:  # recorded as waiting but unknown to this process's queue: it cannot run any more
             recorder.store.update(job_id, status="cancelled", ended=time.time(), error="Cancelled before it started")
             return JobCancelled(id=job_id, status="cancelled")
-        outcome = context.job_queue().cancel(live)
+        outcome = recorder.cancel(live)
         return JobCancelled(id=job_id, status="cancelled" if outcome == "cancelled" else "interrupting")
 
+    context.plugins.call("register_api_routes", router=router, context=context)
     return router
 
 
