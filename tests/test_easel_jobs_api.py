@@ -25,7 +25,7 @@ from webui.jobs import GenerationRequest
 from webui.outputs import read_infotext
 from webui.rest.easel_v1 import create_router
 
-WAIT = 300  # seconds; every wait below ends on an event long before this on a free machine
+WAIT = 180  # seconds; every wait below ends on an event long before this
 TINY = dict(model="tiny", width=64, height=64, steps=2, cfg_scale=5.0)
 
 
@@ -317,3 +317,52 @@ def test_a_background_job_survives_a_restart_and_keeps_the_subject_pixel_identic
 
     refused = client.post("/easel/v1/jobs", json={"task": "background", "request": {"image": b64_png(image)}})
     assert refused.status_code == 422 and "subject_prompt" in refused.json()["detail"]
+
+
+# ----- the train extension's routes --------------------------------------------------------
+
+TRAIN_CONFIG = dict(model="tiny", resolution=64, rank=4, alpha=4, learning_rate=1e-3, max_steps=4, checkpoint_every=2,
+                    keep_checkpoints=2, seed=7)
+
+
+@pytest.mark.slow  # two trainer processes: minutes on a busy 2-core machine
+def test_training_routes_start_follow_cancel_resume_and_list_a_run(tmp_path, train_hold):
+    from test_training import make_images
+
+    context, client = make_app(tmp_path)
+    make_images(context.datasets_dir / "subject", count=2)
+    runs = "/easel/v1/training/runs"
+    for body, words in (({"dataset": "../../etc", "name": "x", "config": TRAIN_CONFIG}, "dataset"),
+                        ({"dataset": "subject", "name": "x", "config": {"bogus": 1}}, "bogus"),
+                        ({"dataset": "subject", "name": "x", "config": {"run_dir": "/tmp"}}, "run_dir"),
+                        ({"dataset": "subject", "name": "a/b", "config": TRAIN_CONFIG}, "plain file name"),
+                        ({"dataset": "subject", "name": "x", "config": {**TRAIN_CONFIG, "rank": "four"}}, "rank")):
+        refused = client.post(runs, json=body)
+        assert refused.status_code == 422 and words in refused.json()["detail"], (body, refused.text)
+    assert client.get(f"{runs}/nothing").status_code == 404
+    assert client.get(f"{runs}/..%2F..%2Fetc").status_code == 404
+
+    train_hold.write_text("2")  # the trainer waits after step 2 until the file goes or the run is cancelled
+    started = client.post(runs, json={"dataset": "subject", "name": "api_lora", "config": TRAIN_CONFIG})
+    assert started.status_code == 202, started.text
+    wait_for(lambda: client.get(f"{runs}/api_lora").json()["step"] == 2, "step 2")
+    run = client.get(f"{runs}/api_lora").json()
+    assert run["running"] and run["status"] == "running" and run["total"] == 4
+    assert [step for step, _ in run["losses"]] == [1, 2] and all(np.isfinite(loss) for _, loss in run["losses"])
+    busy = client.post(runs, json={"dataset": "subject", "name": "other", "config": TRAIN_CONFIG})
+    assert busy.status_code == 409 and "api_lora" in busy.json()["detail"]  # one run at a time
+
+    assert client.post(f"{runs}/api_lora/cancel").status_code == 202
+    wait_for(lambda: not client.get(f"{runs}/api_lora").json()["running"], "the run to stop")
+    run = client.get(f"{runs}/api_lora").json()
+    assert run["status"] == "cancelled" and run["step"] == 2 and run["checkpoint"], run
+    assert client.post(f"{runs}/api_lora/cancel").status_code == 409  # not training any more
+
+    train_hold.unlink()
+    assert client.post(f"{runs}/api_lora/resume", json={"config": {"max_steps": 5}}).status_code == 202
+    wait_for(lambda: client.get(f"{runs}/api_lora").json()["status"] in ("done", "failed"), "the resumed run to end")
+    run = client.get(f"{runs}/api_lora").json()
+    assert run["status"] == "done" and [step for step, _ in run["losses"]] == [3, 4, 5], run  # went on from step 2
+    assert (context.lora_dir / "api_lora.safetensors").is_file()
+    listed = client.get(runs).json()["runs"]
+    assert [(item["name"], item["status"]) for item in listed] == [("api_lora", "done")]

@@ -237,6 +237,7 @@ class JobRecorder:
         self._tasks: dict[str, JobTask] | None = None
         self._task_jobs: dict[str, Job] = {}
         """Running jobs of extension tasks, by id (the queue knows them only while they generate)."""
+        self._task_threads: dict[str, threading.Thread] = {}
         self._started: set[str] = set()
 
     @property
@@ -330,6 +331,7 @@ class JobRecorder:
         job.add_listener(self._on_event)
         thread = threading.Thread(target=self._run_extension_job, args=(task, request, job),
                                   name=f"easel-{task.name}-{job.id[:8]}", daemon=True)
+        self._task_threads[job.id] = thread
         thread.start()
 
     def _run_extension_job(self, task: JobTask, request: dict[str, Any], job: Job) -> None:
@@ -342,6 +344,7 @@ class JobRecorder:
         except JobCancelledError:
             if any(event.get("shutdown") for event in job.events()[-1:]):
                 self._task_jobs.pop(job.id, None)
+                self._task_threads.pop(job.id, None)
                 return  # the server stops: the job stays in the store and runs again after the restart
             job.result, status, error = None, "cancelled", "Cancelled before it started"
         except Exception as exc:  # noqa: BLE001 - reported in the job's record, the server goes on
@@ -356,6 +359,7 @@ class JobRecorder:
             self._record_end(job, {"kind": status, "time": time.time(), "message": error})
         finally:
             self._task_jobs.pop(job.id, None)
+            self._task_threads.pop(job.id, None)
 
     def recover(self) -> list[Job]:
         """Queue again, in their original order, the jobs the store says were queued or running.
@@ -408,8 +412,14 @@ class JobRecorder:
         """The job object while this process knows it (events, position, cancel)."""
         return self._task_jobs.get(job_id) or self.context.job_queue().get(job_id)
 
-    def close(self) -> None:
-        """Close the store (jobs still queued stay recorded as queued)."""
+    def close(self, wait_seconds: float = 5.0) -> None:
+        """Close the store (jobs still queued stay recorded as queued).
+
+        Close the queue first: jobs of extension tasks then end (their generation is dropped)
+        and are given up to ``wait_seconds`` to finish writing their records.
+        """
+        for thread in list(self._task_threads.values()):
+            thread.join(wait_seconds)
         with self._store_lock:
             self._closed = True
             if self._store is not None:
