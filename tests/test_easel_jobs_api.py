@@ -138,6 +138,16 @@ def test_deleting_a_running_job_interrupts_it(tmp_path):
     assert len(job["images"]) < 4  # it stopped long before the 4 x 150 steps were done
 
 
+def test_a_full_queue_answers_503_with_retry_after_and_records_nothing(tmp_path):
+    context, client = make_app(tmp_path, extra_plugins={"hold": DeviceHold()}, setting_overrides={"queue.limit": 1})
+    accepted = submit(client, "fits", seed=1)
+    refused = client.post("/easel/v1/jobs", json={"task": "txt2img", "request": {"prompt": "too many", **TINY}})
+    assert refused.status_code == 503 and refused.headers["Retry-After"].isdigit()
+    assert "queue is full" in refused.json()["detail"]
+    assert [job["id"] for job in client.get("/easel/v1/jobs").json()["jobs"]] == [accepted["id"]]
+    context.close()
+
+
 def test_unknown_jobs_and_bad_requests_get_clear_errors(tmp_path):
     context, client = make_app(tmp_path)
     unknown = "0" * 32
