@@ -376,3 +376,11 @@ def test_training_routes_start_follow_cancel_resume_and_list_a_run(tmp_path, tra
     assert (context.lora_dir / "api_lora.safetensors").is_file()
     listed = client.get(runs).json()["runs"]
     assert [(item["name"], item["status"]) for item in listed] == [("api_lora", "done")]
+
+
+def test_an_unreadable_job_store_does_not_keep_the_app_from_starting(tmp_path, caplog):
+    (tmp_path / "data").mkdir(parents=True)
+    (tmp_path / "data" / STORE_FILE).write_bytes(b"this is not a database" * 100)
+    context, client = make_app(tmp_path)  # starts, and says why the old jobs were not queued again
+    assert "Could not queue again the jobs" in caplog.text
+    assert context.queue.snapshot()["waiting"] == []

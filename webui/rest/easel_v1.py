@@ -224,7 +224,7 @@ def create_router(context) -> APIRouter:
             else:
                 raise RequestError(f"unknown task {submission.task!r}; one of {', '.join(recorder.task_names())}")
             job = recorder.submit(submission.task, payload, webhook=submission.webhook)
-        except RequestError as exc:
+        except ValueError as exc:  # RequestError, or what an extension task's check raised
             raise _unprocessable(str(exc)) from None
         except QueueFullError as exc:
             raise HTTPException(status_code=503, detail=str(exc),
