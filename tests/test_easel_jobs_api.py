@@ -91,6 +91,7 @@ def test_a_txt2img_job_is_accepted_at_once_runs_and_serves_its_png(tmp_path):
     assert job["seeds"] == [1234] and job["started"] >= job["created"] and job["ended"] >= job["started"]
     kinds = [event["kind"] for event in job["events"]]
     assert kinds[0] == "queued" and "started" in kinds and "step" in kinds and kinds[-1] == "finished"
+    assert str(tmp_path) not in json.dumps(job)  # no server file paths, images have URLs
     assert len(job["images"]) == 1 and "Seed: 1234" in job["infotexts"][0] and "Size: 64x64" in job["infotexts"][0]
 
     served = client.get(job["images"][0])

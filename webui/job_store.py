@@ -135,6 +135,11 @@ def image_url(job_id: str, index: int) -> str:
     return f"{API_PREFIX}/jobs/{job_id}/images/{index}"
 
 
+def public_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Job events as API callers see them: without the server's file paths (images have URLs)."""
+    return [{key: value for key, value in event.items() if key != "path"} for event in events]
+
+
 def check_webhook_url(url: str | None) -> str | None:
     """``url`` when it is an absolute http(s) URL with a host (None stays None); raises :class:`RequestError`."""
     if url is None or url == "":
@@ -454,7 +459,7 @@ class JobRecorder:
                 infotexts.append(image.infotext)
                 seeds.append(image.seed)
         error = str(event.get("message", "")) if event["kind"] in ("failed", "cancelled") else ""
-        events = [dict(item) for item in job.events() if item["kind"] != "step"]
+        events = public_events([item for item in job.events() if item["kind"] != "step"])
         self.store.update(job.id, status=event["kind"], ended=event["time"], error=error, images=images,
                           infotexts=infotexts, seeds=seeds, events=events)
         self._started.discard(job.id)

@@ -30,7 +30,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from webui.job_store import API_PREFIX, GENERATION_TASKS, JobRecord, image_url
+from webui.job_store import API_PREFIX, GENERATION_TASKS, JobRecord, image_url, public_events
 from webui.jobs import (
     GenerationRequest,
     IMAGE_FIELDS,
@@ -158,6 +158,8 @@ def _decode_image_field(name: str, value: str | None) -> str | None:
             image.size  # noqa: B018
     except (UnidentifiedImageError, OSError):
         raise RequestError(f"{name} is not an image Pillow can read") from None
+    except Image.DecompressionBombError as exc:
+        raise RequestError(f"{name} is too large: {exc}") from None
     return text
 
 
@@ -206,7 +208,7 @@ def create_router(context) -> APIRouter:
             status = "running"  # it has just ended; the record is written a moment later
         events: list[dict[str, Any]] = []
         if since is not None:
-            events = live.events(since) if live is not None else record.events[since:]
+            events = public_events(live.events(since) if live is not None else record.events[since:])
         return JobView(id=record.id, task=record.task, status=status, position=position, created=record.created,
                        started=record.started, ended=record.ended, error=record.error, seeds=record.seeds,
                        infotexts=record.infotexts,
