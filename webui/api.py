@@ -95,6 +95,11 @@ of any tab follow new models: a tab registers its dropdown with
 :meth:`UIContext.register_model_list`, and a tab that adds models refreshes them all after its
 event with :meth:`UIContext.refresh_model_lists_after`. ``TrainConfig.full_output_format``
 (``FULL_OUTPUT_FORMATS``) saves a full fine-tune as a diffusers folder, one checkpoint, or both.
+
+Also in 1.4: Easel's own REST API (``/easel/v1``). ``register_api_routes(router, context)``
+adds an extension's routes to it; ``register_job_tasks(register)`` adds kinds of jobs
+(:class:`JobTask`) that callers submit, poll and cancel like txt2img jobs, kept in the job store
+(SQLite under the data folder) and run again after a restart.
 """
 
 from __future__ import annotations
@@ -110,6 +115,7 @@ from webui.demo_domain import DemoShape, find_demo_shapes, match_demo_shapes
 from webui.errors import EaselError, ExtensionError, GenerationError
 from webui.generation import prompt_arguments
 from webui.hookspecs import PROJECT_NAME
+from webui.job_store import JobTask
 from webui.infotext import build_infotext, parse_infotext
 from webui.memory import (
     MAX_OOM_RETRIES,
@@ -494,7 +500,9 @@ NAMES_SINCE: dict[str, str] = {
                      "EaselContext.export_model", "EaselContext.download_policy", "UIContext.register_model_list",
                      "UIContext.refresh_model_lists_after",
                      # extensions' declared requirements
-                     "RequirementStatus", "check_requirement", "unmet_requirements", "pip_command", "pip_command_text"],
+                     "RequirementStatus", "check_requirement", "unmet_requirements", "pip_command", "pip_command_text",
+                     # Easel's own REST API
+                     "JobTask"],
                     "1.4"),
 }
 
@@ -505,6 +513,7 @@ HOOKS_SINCE: dict[str, str] = {
                      "infotext_fields"], "1.0"),
     **dict.fromkeys(["option_availability", "out_of_memory", "preset_values"], "1.1"),
     "device_in_use": "1.3",
+    **dict.fromkeys(["register_api_routes", "register_job_tasks"], "1.4"),
 }
 
 
@@ -565,6 +574,7 @@ __all__ = [
     "GenerationResult",
     "ImageRecord",
     "Job",
+    "JobTask",
     "LoadedModel",
     "MAX_OOM_RETRIES",
     "ModelSource",

@@ -110,6 +110,10 @@ def create_context(options: AppOptions) -> EaselContext:
     context.queue = create_queue(context)
     context_holder.append(context)
     plugins.call("app_started", context=context)
+    try:  # REST jobs that were queued or running when the last process stopped
+        context.job_recorder().recover()
+    except Exception:  # noqa: BLE001 - an unreadable job store must not keep the app from starting
+        log.exception("Could not queue again the jobs of %s", context.job_recorder().path)
     return context
 
 

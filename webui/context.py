@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from webui.pipelines.manager import PipelineManager
     from webui.pipelines.sources import ModelSource
     from webui.plugins import ExtensionInfo, PluginHost
+    from webui.job_store import JobRecorder
     from webui.queue import JobQueue
 
 
@@ -34,10 +35,6 @@ class EaselContext:
     """Whether the Extensions page may run pip for missing requirements (a localhost server, or
     ``--allow-extension-install``); never true for a server reachable from other machines by default."""
     extension_state: dict[str, Any] = field(default_factory=dict)
-    queue: "JobQueue | None" = field(default=None, repr=False)
-    """The device's job queue (created with the app); use :meth:`submit` / :meth:`generate`."""
-    download_policy: "DownloadPolicy | None" = field(default=None, repr=False)
-    """What :meth:`download_model` may fetch (API 1.4); None: a server on localhost only, safetensors only."""
     """Per-app state of extensions (API 1.2), one entry per extension under its own name.
 
     For objects that must outlive one page or session but not the app, e.g. the Train tab's
@@ -46,6 +43,12 @@ class EaselContext:
     globals: two apps in one process (tests, several servers) then keep apart. Not saved;
     settings that must survive a restart belong in :meth:`UIContext.remember`.
     """
+    queue: "JobQueue | None" = field(default=None, repr=False)
+    """The device's job queue (created with the app); use :meth:`submit` / :meth:`generate`."""
+    recorder: "JobRecorder | None" = field(default=None, repr=False)
+    """Persisted jobs (SQLite under the data folder) of the REST API: see :meth:`job_recorder`."""
+    download_policy: "DownloadPolicy | None" = field(default=None, repr=False)
+    """What :meth:`download_model` may fetch (API 1.4); None: a server on localhost only, safetensors only."""
 
     @property
     def lora_dir(self) -> Path:
@@ -108,6 +111,23 @@ class EaselContext:
 
             self.queue = create_queue(self)
         return self.queue
+
+    def job_recorder(self) -> "JobRecorder":
+        """The persisted jobs of this app (:mod:`webui.job_store`): records in ``<data_dir>/jobs.sqlite3``,
+        re-queued after a restart, webhooks. Made on first use; opens no file until a job is persisted."""
+        if self.recorder is None:
+            from webui.job_store import JobRecorder
+
+            self.recorder = JobRecorder(self)
+        return self.recorder
+
+    def close(self) -> None:
+        """Stop the queue (waiting jobs are dropped; persisted ones stay queued for the next start) and
+        close the job store. The app takes no more jobs afterwards."""
+        if self.queue is not None:
+            self.queue.close()
+        if self.recorder is not None:
+            self.recorder.close()
 
     def call_hook(self, name: str, **kwargs: Any) -> Any:
         """Call hook ``name`` (see :mod:`webui.hookspecs`) on every enabled extension.

@@ -224,3 +224,35 @@ def preset_values(context: EaselContext) -> dict[str, Any] | None:
     preset's value before the saved setting, so one preset can drive options declared by
     several extensions without any of them knowing the others.
     """
+
+
+# ----- REST API (API 1.4) ----------------------------------------------------------------
+
+@hookspec
+def register_api_routes(router, context):
+    """Add REST routes under Easel's own API prefix, ``/easel/v1`` (API 1.4).
+
+    Called once when the server builds its ``/easel/v1`` router (only when the API is served).
+    ``router`` is that ``fastapi.APIRouter``: add routes with ``@router.get("/myext/...")``
+    and so on, under a path of your extension's name, with pydantic models for the bodies so
+    they appear in the OpenAPI document; ``context`` is the app's
+    :class:`webui.api.EaselContext`. Whatever protects the router (the API's authentication)
+    protects these routes too. Raise ``fastapi.HTTPException`` with a message for errors
+    (422 for bad input); never let a stack trace reach a response. Keep long work out of the
+    route: offer it as a job task (``register_job_tasks``) that callers submit and poll.
+    Returns nothing.
+    """
+
+
+@hookspec
+def register_job_tasks(register):
+    """Add kinds of jobs to Easel's job API (``POST /easel/v1/jobs`` with ``"task": name``) (API 1.4).
+
+    Called once, when the app's job records are first used (at start-up when some exist).
+    ``register(task)`` takes a :class:`webui.api.JobTask`: its ``check`` validates a
+    request and its ``run`` does the work on a thread of its own, generating through the
+    queue with the job it is given. Such jobs are kept in the job store like any other:
+    listed, cancelled, their images served, their webhooks called, and run again after a
+    restart if they had not finished. Task names are unique; txt2img, img2img and inpaint
+    are Easel's own. Returns nothing.
+    """

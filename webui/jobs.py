@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import random
 import threading
 import time
@@ -238,14 +239,19 @@ class Job:
     when :attr:`preview` (a PIL image, in process) was replaced; events hold no images, so a
     job's history stays small and plain. ``position`` is the number of jobs ahead in the queue plus
     one while queued, 0 once running.
+
+    ``job_id`` is a fresh random hex id unless given (a job re-queued after a restart keeps
+    its id). :meth:`add_listener` subscribes a function to every later event (the job
+    records of :mod:`webui.job_store` use it).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, job_id: str | None = None) -> None:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._interrupted = False
         self._skip_requested = False
-        self.id = uuid.uuid4().hex
+        self._listeners: list[Any] = []
+        self.id = job_id or uuid.uuid4().hex
         self.status = "new"
         self.position = 0
         self.total_images = 0
@@ -264,12 +270,28 @@ class Job:
     # --- events ------------------------------------------------------------------------
 
     def emit(self, kind: str, **data: Any) -> None:
-        """Record an event and wake whoever waits in :meth:`wait_events`."""
+        """Record an event, wake whoever waits in :meth:`wait_events` and tell the listeners."""
+        event = {"kind": kind, "job": self.id, "time": time.time(), **data}
         with self._changed:
             if kind in FINAL_EVENTS or kind in ("queued", "started"):
                 self.status = {"started": "running"}.get(kind, kind)
-            self._events.append({"kind": kind, "job": self.id, "time": time.time(), **data})
+            self._events.append(event)
             self._changed.notify_all()
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(self, event)
+            except Exception:  # noqa: BLE001 - a listener must never break the job
+                logging.getLogger(__name__).exception("A listener of job %s failed on %r", self.id, kind)
+
+    def add_listener(self, listener: Any) -> None:
+        """Call ``listener(job, event)`` after each later event, on the thread that emits it.
+
+        Listeners run after the event is recorded (``job.status`` already says it); one that
+        raises is logged and the job goes on. Keep them quick: most events come from the worker.
+        """
+        with self._lock:
+            self._listeners.append(listener)
 
     def events(self, since: int = 0) -> list[dict[str, Any]]:
         """The events from number ``since`` on."""

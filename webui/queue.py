@@ -69,13 +69,17 @@ class JobQueue:
     def limit(self) -> int:
         return int(self._limit() if callable(self._limit) else self._limit)
 
-    def submit(self, request: GenerationRequest, job: Job | None = None) -> Job:
-        """Queue ``request``; returns its :class:`Job` at once. Raises :class:`QueueFullError` when full."""
+    def submit(self, request: GenerationRequest, job: Job | None = None, *, over_limit: bool = False) -> Job:
+        """Queue ``request``; returns its :class:`Job` at once. Raises :class:`QueueFullError` when full.
+
+        ``over_limit=True`` queues it even when the limit is reached: for jobs accepted before
+        (re-queued after a restart, see :mod:`webui.job_store`), which must not be lost.
+        """
         job = job or Job()
         with self._lock:
             if self._closed:
                 raise QueueFullError("The server is shutting down and takes no new jobs")
-            if len(self._pending) >= self.limit:
+            if len(self._pending) >= self.limit and not over_limit:
                 raise QueueFullError(f"The queue is full ({self.limit} jobs waiting): try again when some have "
                                      "finished, or raise the limit in Settings > Queue")
             self._pending.append((job, request))
@@ -139,14 +143,18 @@ class JobQueue:
                     "waiting": [job.id for job, _ in self._pending], "limit": self.limit}
 
     def close(self) -> None:
-        """Take no more jobs and let the worker end after the current one; waiting jobs are cancelled."""
+        """Take no more jobs and let the worker end after the current one; waiting jobs are cancelled.
+
+        Their ``cancelled`` event carries ``shutdown: True``: a job kept in the job store is
+        then left queued there and runs again after the restart.
+        """
         with self._lock:
             self._closed = True
             pending = list(self._pending)
             self._pending.clear()
             self._wakeup.notify_all()
         for job, _ in pending:
-            job.emit("cancelled", message="The server stopped before the job started")
+            job.emit("cancelled", message="The server stopped before the job started", shutdown=True)
 
     # --- the worker --------------------------------------------------------------------
 

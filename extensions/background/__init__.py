@@ -30,3 +30,19 @@ def register_settings(register):
 def register_tabs(register):
     """The Background tab, after txt2img."""
     register(Tab(id="background", label="Background", render=render_background_tab, order=20))
+
+
+@hookimpl
+def register_api_routes(router, context):
+    """``/easel/v1/background/detect`` and ``/easel/v1/background/mask`` (see rest.py)."""
+    from .rest import register_routes
+
+    register_routes(router, context)
+
+
+@hookimpl
+def register_job_tasks(register):
+    """The ``background`` job: detect, mask, inpaint and composite, as the tab's Replace background."""
+    from .rest import BACKGROUND_JOB
+
+    register(BACKGROUND_JOB)

@@ -456,3 +456,12 @@ def render_train_tab(ui: UIContext) -> None:
                     show_progress="minimal")
     refresh.click(lambda current: gr.update(choices=list_datasets(context.datasets_dir), value=current),
                   inputs=dataset, outputs=dataset, api_name=False, queue=False)
+
+
+@hookimpl
+def register_api_routes(router, context):
+    """Training over REST: ``/easel/v1/training/runs`` (start, list), ``.../{name}`` (status, loss history),
+    ``.../{name}/cancel``, ``.../{name}/resume`` (see rest.py)."""
+    from .rest import register_routes
+
+    register_routes(router, context)

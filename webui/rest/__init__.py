@@ -7,6 +7,8 @@ either next to the Gradio UI (``--api``: :func:`install_api` adds the routes to 
 FastAPI app, :func:`api_middleware` goes into its ``app_kwargs``) or alone
 (``--nowebui``: :func:`create_api_app`). Module map:
 
+* :mod:`webui.rest.easel_v1` - Easel's job API (any task, persisted in SQLite by
+  :mod:`webui.job_store`, webhooks) and the extensions' routes (``register_api_routes``)
 * :mod:`webui.rest.sdapi` - the A1111 routes; :mod:`webui.rest.a1111_jobs` - A1111 bodies
   as Easel jobs and results as A1111 answers; :mod:`webui.rest.sdapi_models` - A1111's shapes
 * :mod:`webui.rest.auth` - credentials; :mod:`webui.rest.limits` - body and image size limits;
@@ -43,11 +45,12 @@ class ApiOptions:
 
 def create_api_router(context: "EaselContext", options: ApiOptions) -> APIRouter:
     """Every API route of ``context``, behind ``options.credentials``."""
-    from webui.rest import sdapi
+    from webui.rest import easel_v1, sdapi
 
     auth = BasicAuth(tuple(options.credentials))
     router = APIRouter(dependencies=[Depends(auth)])
     router.include_router(sdapi.create_router(context, options.cmd_flags))
+    router.include_router(easel_v1.create_router(context))  # extensions' routes (register_api_routes) included
     return router
 
 
