@@ -250,11 +250,15 @@ def test_bad_images_and_oversize_bodies(api_server):
 
 @pytest.mark.parametrize("method, path", [("GET", "options"), ("GET", "sd-models"), ("GET", "loras"),
                                           ("POST", "refresh-loras"), ("GET", "progress"), ("POST", "interrupt"),
-                                          ("POST", "txt2img"), ("POST", "png-info")])
+                                          ("POST", "txt2img"), ("POST", "png-info"), ("GET", "/easel/v1/jobs"),
+                                          ("GET", "/easel/v1/training/runs"),
+                                          ("POST", "/easel/v1/background/detect")])
 def test_every_route_family_needs_the_right_credentials(api_server, method, path):
-    url = api(api_server, path)
-    body = {"image": b64_png(Image.new("RGB", (8, 8)))} if path == "png-info" else (
-        {**TINY, "seed": 3} if path == "txt2img" else None)
+    url = api_server["url"] + path if path.startswith("/") else api(api_server, path)
+    image = b64_png(Image.new("RGB", (64, 64), (200, 30, 30)))
+    body = {"image": image} if path == "png-info" else (
+        {**TINY, "seed": 3} if path == "txt2img" else
+        {"image": image, "subject_prompt": "the red square", "detector": "shapes-demo"} if path.endswith("detect") else None)
     for auth in (None, (USER, "wrong"), ("bob", PASSWORD), (USER, PASSWORD[:-1])):
         response = requests.request(method, url, json=body, auth=auth, timeout=60)
         assert_a1111_error(response, 401)

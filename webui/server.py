@@ -136,14 +136,18 @@ def serve_app(args: Any) -> None:
     for warning in exposure_warnings(args, gradio_auth, api):
         log.warning(warning)
     shown = "127.0.0.1" if not args.listen else host
-    if args.nowebui:
-        log.info("Easel API on http://%s:%d/sdapi/v1 (docs: /docs)", shown, args.port)
-        serve_api_only(context, api, host, args.port)
-        return
-    blocks = create_blocks(context)
-    log.info("Easel on http://%s:%d (models load on first use)%s", shown, args.port,
-             "; API at /sdapi/v1, docs at /docs" if api else "")
-    launch_blocks(blocks, context, host=host, port=args.port, share=args.share, auth=gradio_auth, block=True, api=api)
+    try:
+        if args.nowebui:
+            log.info("Easel API on http://%s:%d/sdapi/v1 and /easel/v1 (docs: /docs)", shown, args.port)
+            serve_api_only(context, api, host, args.port)
+            return
+        blocks = create_blocks(context)
+        log.info("Easel on http://%s:%d (models load on first use)%s", shown, args.port,
+                 "; API at /sdapi/v1 and /easel/v1, docs at /docs" if api else "")
+        launch_blocks(blocks, context, host=host, port=args.port, share=args.share, auth=gradio_auth, block=True,
+                      api=api)
+    finally:
+        context.close()  # persisted jobs still waiting stay queued for the next start
 
 
 def exposure_warnings(args: Any, gradio_auth, api: "ApiOptions | None") -> list[str]:

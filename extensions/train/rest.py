@@ -107,7 +107,7 @@ def register_routes(router: APIRouter, context: Any) -> None:
             if current is not None and current.running:
                 raise HTTPException(status_code=409, detail=f"the run {current.config.output_name!r} is still "
                                                             "training; cancel it first")
-            process = TrainingProcess(config, num_processes=int(context.settings.get("train.num_processes", 1)))
+            process = TrainingProcess(config, num_processes=int(context.setting("train.num_processes", 1)))
             process.start(fresh=fresh)
             state.current = process
         return describe(Path(process.run_dir))
