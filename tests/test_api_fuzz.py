@@ -16,7 +16,7 @@ import pytest
 from conftest import make_options, start_server
 
 USER, PASSWORD = "fuzz", "fuzz-pass"
-REQUESTS_PER_OPERATION = 110  # at most; operations without inputs have few distinct requests: ~1,000 in all
+REQUESTS_PER_OPERATION = 40  # at most; operations without inputs have few distinct requests: ~1,000 in all
 MAX_JOB_STEPS = 40
 
 
