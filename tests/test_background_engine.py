@@ -218,7 +218,7 @@ def test_every_builtin_detector_and_segmenter_runs_through_the_registry(context)
         found = engine.detect_subject(context, image, "the square", name, 0.0, 0.0, work_side=64)
         assert found and all(0 <= d.box[0] <= d.box[2] <= 128 and 0 <= d.box[1] <= d.box[3] <= 96 for d in found)
     segmenters = [c.name for c in registry.segmenter_choices(context.models_dir) if c.builtin]
-    assert set(segmenters) == {registry.GRABCUT, registry.BOX, registry.TINY_SAM, registry.TINY_SAM2}
+    assert set(segmenters) == {registry.GRABCUT, registry.BOX, registry.TINY_SAM, registry.TINY_SAM2, registry.DEMO_SHAPES}
     for name in segmenters:
         mask = engine.segment_subject(context, image, [(34, 18, 102, 78)], name, work_side=96)
         assert mask.shape == truth.shape

@@ -332,7 +332,8 @@ def test_sixteen_concurrent_requests_with_a_queue_of_eight(api_server):
     def send(index: int) -> None:
         response = requests.post(api(api_server, "txt2img"), auth=(USER, PASSWORD), timeout=600,
                                  json={**TINY, "steps": 6, "seed": 1000 + index})
-        outcomes[index] = (response.status_code, time.monotonic(), response.json())
+        outcomes[index] = (response.status_code, time.monotonic(), {**response.json(),
+                                                                    "retry_after": response.headers.get("Retry-After")})
 
     threads = []
     try:
@@ -351,7 +352,7 @@ def test_sixteen_concurrent_requests_with_a_queue_of_eight(api_server):
     for index in range(16):
         status, _, body = outcomes[index]
         if status == 503:
-            assert body["error"] == "QueueFullError"
+            assert body["error"] == "QueueFullError" and int(body["retry_after"]) > 0
         else:
             assert json.loads(body["info"])["seed"] == 1000 + index, "each answer is its own job's"
     accepted = [i for i in range(16) if statuses[i] == 200]
@@ -424,3 +425,20 @@ def test_only_outputs_are_served_whatever_the_url_encoding(api_server):
             assert "do not serve me" not in response.text and "root:" not in response.text, (prefix, attempt)
             assert response.status_code != 200 or response.headers.get("content-type", "").startswith("text/html"), \
                 (prefix, attempt, response.status_code)
+
+
+def test_serving_beyond_this_machine_without_credentials_warns_loudly():
+    from types import SimpleNamespace
+
+    from webui.rest import ApiOptions
+    from webui.server import exposure_warnings
+
+    local = SimpleNamespace(listen=False, share=False, nowebui=False)
+    assert exposure_warnings(local, None, ApiOptions()) == []
+    lan = SimpleNamespace(listen=True, share=False, nowebui=False)
+    warnings = exposure_warnings(lan, None, ApiOptions())
+    assert len(warnings) == 2 and all(w.startswith("!!!") for w in warnings)
+    assert "--gradio-auth" in warnings[0] and "--api-auth" in warnings[1]
+    assert exposure_warnings(lan, [("a", "b")], ApiOptions(credentials=[("a", "b")])) == []
+    shared = SimpleNamespace(listen=False, share=True, nowebui=False)
+    assert "share link" in exposure_warnings(shared, [("a", "b")], ApiOptions())[0]
