@@ -59,8 +59,9 @@ def test_extensions_tab_shows_the_builtins(page):
     table = page.locator("#extensions-table")
     table.wait_for(state="visible", timeout=30_000)
     assert "txt2img" in table.inner_text()
-    # the Status column (third) in plain words: no emoji, which is a box without an emoji font
-    statuses = page.locator("#extensions-table [role=gridcell][data-col=\"2\"]").all_inner_texts()
+    # the Status column (fifth: name, version, API, source, status) in plain words: no emoji, which is a
+    # box without an emoji font
+    statuses = page.locator("#extensions-table [role=gridcell][data-col=\"4\"]").all_inner_texts()
     assert statuses and {status.strip() for status in statuses} <= {"loaded", "failed", "disabled"}, statuses
     assert all(set(status) <= set(string.printable) for status in statuses)
 
