@@ -386,10 +386,12 @@ def test_every_hookspec_is_typed_and_documented():
     import inspect
     import typing
 
+    import fastapi
     import torch
 
     import webui.api
     import webui.config
+    import webui.job_store
     import webui.context
     import webui.jobs
     import webui.pipelines.manager
@@ -398,7 +400,8 @@ def test_every_hookspec_is_typed_and_documented():
     namespace = {**vars(hookspecs), "torch": torch, "Control": webui.api.Control, "Tab": webui.api.Tab,
                  "Setting": webui.config.Setting, "EaselContext": webui.context.EaselContext,
                  "GenerationRequest": webui.jobs.GenerationRequest, "GenerationResult": webui.jobs.GenerationResult,
-                 "LoadedModel": webui.pipelines.manager.LoadedModel}
+                 "LoadedModel": webui.pipelines.manager.LoadedModel, "APIRouter": fastapi.APIRouter,
+                 "JobTask": webui.job_store.JobTask}
     specs = {name: function for name, function in vars(hookspecs).items()
              if inspect.isfunction(function) and hasattr(function, f"{hookspecs.PROJECT_NAME}_spec")}
     assert len(specs) >= 13, sorted(specs)

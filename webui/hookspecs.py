@@ -43,6 +43,9 @@ if TYPE_CHECKING:  # only for the annotations: this module is imported before th
     from webui.context import EaselContext
     from webui.jobs import GenerationRequest, GenerationResult
     from webui.pipelines.manager import LoadedModel
+    from fastapi import APIRouter
+
+    from webui.job_store import JobTask
 
 PROJECT_NAME = "easel"
 
@@ -229,7 +232,7 @@ def preset_values(context: EaselContext) -> dict[str, Any] | None:
 # ----- REST API (API 1.4) ----------------------------------------------------------------
 
 @hookspec
-def register_api_routes(router, context):
+def register_api_routes(router: APIRouter, context: EaselContext) -> None:
     """Add REST routes under Easel's own API prefix, ``/easel/v1`` (API 1.4).
 
     Called once when the server builds its ``/easel/v1`` router (only when the API is served).
@@ -245,7 +248,7 @@ def register_api_routes(router, context):
 
 
 @hookspec
-def register_job_tasks(register):
+def register_job_tasks(register: Callable[[JobTask], None]) -> None:
     """Add kinds of jobs to Easel's job API (``POST /easel/v1/jobs`` with ``"task": name``) (API 1.4).
 
     Called once, when the app's job records are first used (at start-up when some exist).

@@ -43,6 +43,6 @@ def register_api_routes(router, context):
 @hookimpl
 def register_job_tasks(register):
     """The ``background`` job: detect, mask, inpaint and composite, as the tab's Replace background."""
-    from .rest import BACKGROUND_JOB
+    from .rest import background_job_task
 
-    register(BACKGROUND_JOB)
+    register(background_job_task())

@@ -222,7 +222,9 @@ def _run_background_job(context: Any, payload: dict[str, Any], job: Job) -> Gene
         interrupted=job.interrupted, seconds=result.seconds)
 
 
-BACKGROUND_JOB = JobTask(name=TASK, check=_check_background_request, run=_run_background_job)
-"""The ``background`` task of the job API."""
+def background_job_task() -> JobTask:
+    """The ``background`` task of the job API."""
+    return JobTask(name=TASK, check=_check_background_request, run=_run_background_job)
 
-__all__ = ["BACKGROUND_JOB", "BackgroundFields", "register_routes", "decode_image"]
+
+__all__ = ["background_job_task", "BackgroundFields", "register_routes", "decode_image"]
