@@ -142,6 +142,26 @@ def test_png_info_round_trip_draws_the_same_image(page, tmp_path):
     assert (verdict.colour, verdict.background) == ("green", "yellow"), verdict
 
 
+def test_send_to_png_info_reads_the_generated_image(page):
+    """The gallery's "Send to PNG Info" opens PNG Info with the image's own parameters (after the PNG Info round
+    trip: it leaves a file in PNG Info's drop zone)."""
+    page.get_by_role("tab", name="txt2img").click()
+    page.locator("#txt2img-prompt textarea").fill("a small red square, sent to png info")
+    for slider, value in (("steps", "2"), ("width", "64"), ("height", "64")):
+        set_number(page, f"txt2img-{slider}", value)
+    seed = page.locator("#txt2img-seed input")
+    seed.fill("777")
+    seed.press("Enter")
+    _generate_and_read_png(page)
+    page.locator("#txt2img-send-png-info").click()
+    page.wait_for_function(
+        "() => (document.querySelector('#png-info-status')?.innerText || '').includes('Send to txt2img sets')",
+        timeout=60_000)
+    assert page.locator("#png-info-prompt textarea").input_value() == "a small red square, sent to png info"
+    fields = page.locator("#png-info-fields").inner_text()
+    assert "777" in fields and "64x64" in fields
+
+
 def test_an_extension_control_set_in_the_page_reaches_the_job(page):
     """The page gathers the extension controls into the endpoint's one ``extras`` dict: a LoRA picked in
     txt2img's LoRA control reaches the LoRA extension, which refuses a name that is not installed."""

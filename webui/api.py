@@ -217,6 +217,22 @@ def _selected_index(event: Any) -> int:
     return index if isinstance(index, int) else 0
 
 
+def picked_file(value: Any, index: Any = 0) -> str | None:
+    """The file path behind an Image/Gallery value (item ``index`` of a Gallery, else the first), or None
+    when the value holds no file (a picture made in memory)."""
+    if isinstance(value, list):
+        if not value:
+            return None
+        item = value[index] if isinstance(index, int) and 0 <= index < len(value) else value[0]
+        return picked_file(item[0] if isinstance(item, (tuple, list)) else item)
+    if isinstance(value, dict):
+        return picked_file(value.get("path") or value.get("image") or value.get("name"))
+    if isinstance(value, str):
+        return value
+    path = getattr(value, "path", None) or getattr(value, "filename", None)
+    return str(path) if path else None
+
+
 def picked_image(value: Any, index: Any = 0) -> Any:
     """The PIL image in an Image/Gallery value: a PIL image, an array, a file path, or a Gallery list
     of ``(image, caption)`` items (item ``index``, else the first)."""
@@ -345,13 +361,16 @@ class UIContext:
             button.click(send, inputs=inputs, outputs=outputs, api_name=False, queue=False)
         self._sends.clear()
 
-    def send_image_button(self, tab_id: str, field_name: str, source: Any, label: str, **button_options: Any) -> Any:
+    def send_image_button(self, tab_id: str, field_name: str, source: Any, label: str, *, as_file: bool = False,
+                          **button_options: Any) -> Any:
         """A "Send to ..." button: the image shown in ``source`` (a Gallery's selected image, else its
         first; or an Image) goes into the component tab ``tab_id`` shared as ``field_name``, and that
         tab opens. API 1.3. Built on :meth:`send_to`; returns the button.
 
+        ``as_file`` (API 1.4): send the image's file path instead of the decoded picture, so
+        the file arrives as it is served, text chunks included (PNG Info's ``file`` field).
         Shared image fields of the built-in tabs: ``img2img``: ``init_image`` and
-        ``inpaint_image``; ``background``: ``image``.
+        ``inpaint_image``; ``background``: ``image``; ``png_info``: ``file`` (with ``as_file``).
         """
         import gradio as gr
 
@@ -368,7 +387,7 @@ class UIContext:
             inputs.append(selected)
 
         def pick(value: Any, index: Any = 0) -> dict[str, Any]:
-            image = picked_image(value, index)
+            image = picked_file(value, index) if as_file else picked_image(value, index)
             if image is None:
                 raise gr.Error("There is no image to send yet", print_exception=False)
             return {field_name: image}
@@ -502,7 +521,7 @@ NAMES_SINCE: dict[str, str] = {
                      # extensions' declared requirements
                      "RequirementStatus", "check_requirement", "unmet_requirements", "pip_command", "pip_command_text",
                      # Easel's own REST API
-                     "JobTask"],
+                     "JobTask", "picked_file"],
                     "1.4"),
 }
 
@@ -522,6 +541,7 @@ __all__ = [
     "RequirementStatus",
     "check_requirement",
     "unmet_requirements",
+    "picked_file",
     "pip_command",
     "pip_command_text",
     "HOOKS_SINCE",

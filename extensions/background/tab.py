@@ -131,6 +131,8 @@ def render_background_tab(ui: UIContext) -> None:
                                      elem_id="background-send-img2img")
                 ui.send_image_button("img2img", "inpaint_image", result_gallery, "Send to inpaint",
                                      elem_id="background-send-inpaint")
+                ui.send_image_button("png_info", "file", result_gallery, "Send to PNG Info", as_file=True,
+                                     elem_id="background-send-png-info")
     ui.share_fields("background", {"image": upload})
     with gr.Accordion("1 · Detect the subject", open=True):
         with gr.Row():

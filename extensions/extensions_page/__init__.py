@@ -130,8 +130,8 @@ def render_extensions_tab(ui: UIContext) -> None:
         return (f"Saved. Disabled from the next start: {change}. Restart Easel to apply it.",
                 extension_rows(ui))
 
-    refresh.click(lambda: (extension_rows(ui), missing_text(ui)), outputs=[table, requirements],
-                  api_name="extensions")
+    refresh.click(lambda: extension_rows(ui), outputs=table, api_name="extensions").then(
+        lambda: missing_text(ui), outputs=requirements, api_name="extensions_requirements")
     save.click(save_choice, inputs=enabled, outputs=[saved, table], api_name="extensions_enable")
     install.click(lambda: install_requirements(ui), outputs=install_log, api_name=False)
 

@@ -189,6 +189,7 @@ def render_png_info_tab(ui: UIContext) -> None:
                 [[key, value] for key, value in info.params.items()], info.infotext, other_text, values,
                 gr.update(interactive=bool(values)), gr.update(interactive=bool(values) and info.readable))
 
+    ui.share_fields("png_info", {"file": upload})  # the galleries' "Send to PNG Info" drops a file here
     upload.change(read, inputs=upload,
                   outputs=[preview, status, prompt, negative, fields, raw, other, values_state, send, send_img2img],
                   api_name="png_info", queue=False)

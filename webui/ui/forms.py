@@ -174,7 +174,7 @@ def render_outputs(tab_id: str) -> Outputs:
 
 
 def render_send_buttons(ui: "UIContext", tab_id: str, gallery: Any) -> None:
-    """"Send to img2img / inpaint / Background" under a gallery (the selected image, else the first)."""
+    """"Send to img2img / inpaint / Background / PNG Info" under a gallery (the selected image, else the first)."""
     import gradio as gr
 
     with gr.Row():
@@ -182,6 +182,8 @@ def render_send_buttons(ui: "UIContext", tab_id: str, gallery: Any) -> None:
         ui.send_image_button("img2img", "inpaint_image", gallery, "Send to inpaint", elem_id=f"{tab_id}-send-inpaint")
         ui.send_image_button("background", "image", gallery, "Send to Background",
                              elem_id=f"{tab_id}-send-background")
+        ui.send_image_button("png_info", "file", gallery, "Send to PNG Info", as_file=True,
+                             elem_id=f"{tab_id}-send-png-info")
 
 
 def wire_model_follow(ui: "UIContext", picker: ModelPicker, sampling: Sampling, width: Any, height: Any,
