@@ -65,7 +65,8 @@ resize modes and inpaint fill modes, by index); ``FAMILIES`` (the model family n
 ``FAMILY_LABELS`` (family -> label for the UI); ``SAMPLERS`` and ``SCHEDULE_TYPES`` (A1111
 sampler and schedule type names); ``MAX_OOM_RETRIES`` (how often one job is retried after
 running out of memory); ``LR_SCHEDULERS`` and ``MIXED_PRECISION`` (the training options'
-choices).
+choices); ``LORA_TAG`` (the regular expression of A1111's ``<lora:name:weight>`` prompt tag, API
+1.4; :func:`list_lora_files` lists the LoRA files it may name).
 
 Which version introduced a name: an extension that declares ``EASEL_API_VERSION = "1.2"`` may
 use every name, member and hook whose entry in :data:`NAMES_SINCE` / :data:`HOOKS_SINCE` is
@@ -160,6 +161,7 @@ from webui.pipelines.schedulers import (
 )
 from webui.pipelines.sources import ModelSource
 from webui.plugins import API_VERSION
+from webui.loras import LORA_TAG, list_lora_files
 from webui.queue import QueueFullError, follow_job
 from webui.requirements_check import RequirementStatus, check_requirement, missing as unmet_requirements
 from webui.requirements_check import pip_command, pip_command_text
@@ -521,7 +523,7 @@ NAMES_SINCE: dict[str, str] = {
                      # extensions' declared requirements
                      "RequirementStatus", "check_requirement", "unmet_requirements", "pip_command", "pip_command_text",
                      # Easel's own REST API
-                     "JobTask", "picked_file"],
+                     "JobTask", "picked_file", "LORA_TAG", "list_lora_files"],
                     "1.4"),
 }
 
@@ -542,6 +544,8 @@ __all__ = [
     "check_requirement",
     "unmet_requirements",
     "picked_file",
+    "LORA_TAG",
+    "list_lora_files",
     "pip_command",
     "pip_command_text",
     "HOOKS_SINCE",

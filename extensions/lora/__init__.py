@@ -23,12 +23,11 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from webui.api import Control, ExtensionError, hookimpl
+from webui.api import LORA_TAG, Control, ExtensionError, hookimpl, list_lora_files
 
-EASEL_API_VERSION = "1.2"  # context.extension_state (the hash cache)
+EASEL_API_VERSION = "1.4"  # list_lora_files / LORA_TAG (shared with the REST API)
 
-LORA_SUFFIXES = (".safetensors",)
-TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", re.IGNORECASE)
+TAG = LORA_TAG
 STATE_KEY = "lora"
 
 
@@ -44,20 +43,7 @@ def lora_dir(models_dir: Path | str) -> Path:
 
 def list_loras(models_dir: Path | str) -> dict[str, Path]:
     """``{name: path}`` of every LoRA file under ``models/Lora/`` (name = file stem, as A1111)."""
-    folder = lora_dir(models_dir)
-    found: dict[str, Path] = {}
-    if not folder.is_dir():
-        return found
-    root = folder.resolve()
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in LORA_SUFFIXES or not path.is_file():
-            continue
-        try:
-            path.resolve().relative_to(root)  # a symlink pointing outside is not listed
-        except ValueError:
-            continue
-        found.setdefault(path.stem, path)
-    return found
+    return list_lora_files(models_dir)
 
 
 def addnet_hash(path: Path, cache: dict[tuple[str, int, int], str] | None = None) -> str:
