@@ -83,7 +83,8 @@ def png_pixels(data: bytes) -> np.ndarray:
 def test_a_txt2img_job_is_accepted_at_once_runs_and_serves_its_png(tmp_path):
     context, client = make_app(tmp_path)
     accepted = submit(client, "a red circle", seed=1234)
-    assert accepted["status"] == "queued" and accepted["position"] == 1
+    # answered at once; the idle worker may already have taken it (a held queue is tested below)
+    assert (accepted["status"], accepted["position"]) in (("queued", 1), ("running", 0)), accepted
     assert accepted["url"] == f"/easel/v1/jobs/{accepted['id']}"
 
     job = wait_until_ended(client, accepted["id"])
