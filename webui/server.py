@@ -17,6 +17,7 @@ log = logging.getLogger("easel")
 
 def options_from_args(args: Any) -> AppOptions:
     """Map the command-line flags of launch.py onto :class:`AppOptions`."""
+    listening = bool(getattr(args, "listen", False) or getattr(args, "share", False))
     return AppOptions(
         models_dir=Path(args.models_dir),
         outputs_dir=Path(args.outputs_dir),
@@ -27,13 +28,11 @@ def options_from_args(args: Any) -> AppOptions:
         model=args.model,
         max_side=args.max_size,
         allow_pickle=args.allow_pickle,
-        listening=bool(getattr(args, "listen", False) or getattr(args, "share", False)),
-        login_required=bool(getattr(args, "auth", None) or getattr(args, "gradio_auth", None)
-                            or getattr(args, "gradio_auth_path", None)),
+        listening=listening,
+        login_required=bool(getattr(args, "gradio_auth", None) or getattr(args, "gradio_auth_path", None)),
         allow_downloads=bool(getattr(args, "allow_downloads", False)),
         allow_lan_downloads=bool(getattr(args, "allow_lan_downloads", False)),
-        allow_extension_install=bool(getattr(args, "allow_extension_install", False))
-        or not (args.listen or args.share),
+        allow_extension_install=bool(getattr(args, "allow_extension_install", False)) or not listening,
         disabled_extensions=set(args.disable_extension),
         setting_overrides=memory_overrides(args),
     )

@@ -97,9 +97,11 @@ class A1111Jobs:
                 return None
         return cache.cached(path)
 
-    def title_of(self, source: ModelSource) -> str:
-        """A1111's checkpoint title: ``name [hash10]``, or the name while the hash is not known."""
-        digest = short_hash(self.sha256_of(source))
+    def title_of(self, source: ModelSource, sha256: str | None = None) -> str:
+        """A1111's checkpoint title: ``name [hash10]``, or the name while the hash is not known.
+
+        ``sha256``: the model's hash when the caller already looked it up."""
+        digest = short_hash(sha256 or self.sha256_of(source))
         return f"{source.name} [{digest}]" if digest else source.name
 
     def model_items(self) -> list[dict[str, Any]]:
@@ -107,7 +109,7 @@ class A1111Jobs:
         items = []
         for source in self.context.list_models():
             digest = self.sha256_of(source)
-            items.append({"title": self.title_of(source), "model_name": source.name.rsplit(".", 1)[0]
+            items.append({"title": self.title_of(source, digest), "model_name": source.name.rsplit(".", 1)[0]
                           if source.kind == "file" else source.name,
                           "hash": short_hash(digest), "sha256": digest, "filename": source.location,
                           "config": None})
@@ -152,8 +154,9 @@ class A1111Jobs:
         family = self.context.family_of(model) or "sd1"
         sampler_name = body.sampler_name or body.sampler_index or DEFAULT_SAMPLER
         sampler, schedule = resolve_sampler(sampler_name, body.scheduler or "Automatic", family)
-        missing = [name for name in prompt_lora_names(body.prompt)
-                   if name not in list_lora_files(self.context.models_dir)]
+        wanted = prompt_lora_names(body.prompt)
+        available = list_lora_files(self.context.models_dir) if wanted else {}
+        missing = [name for name in wanted if name not in available]
         if missing:
             raise NotFoundError(f"LoRA not found in {self.context.lora_dir}: {', '.join(missing)}; "
                                 "GET /sdapi/v1/loras lists the available ones")
