@@ -74,6 +74,27 @@ def test_jobs_run_one_after_the_other_in_submission_order_and_know_their_place()
     assert kinds(first)[-1] == "finished" and "started" in kinds(first) and "step" in kinds(first)
 
 
+def test_a_job_the_worker_takes_before_its_place_is_announced_still_begins_with_queued():
+    """The race CI once hit: the idle worker starts a job before ``submit`` announces its place."""
+    gate = Gate()
+    queue = JobQueue(gate, limit=8)
+    announce = queue._announce_positions
+    submitting = threading.current_thread()
+
+    def announce_late() -> None:  # the submitter announces only after the worker started the job
+        if threading.current_thread() is submitting:
+            assert gate.started["late"].wait(WAIT)
+        announce()
+
+    queue._announce_positions = announce_late
+    job = submit(queue, gate, "late")
+    gate.release["late"].set()
+    queue.wait(job, timeout=WAIT)
+    assert kinds(job)[:2] == ["queued", "started"], kinds(job)
+    assert kinds(job).count("queued") == 1 and kinds(job)[-1] == "finished"
+    assert job.events()[0]["position"] == 1 and job.position == 0
+
+
 def test_a_queued_job_can_be_cancelled_and_never_runs():
     gate = Gate()
     queue = JobQueue(gate, limit=8)

@@ -271,18 +271,25 @@ class Job:
 
     def emit(self, kind: str, **data: Any) -> None:
         """Record an event, wake whoever waits in :meth:`wait_events` and tell the listeners."""
-        event = {"kind": kind, "job": self.id, "time": time.time(), **data}
         with self._changed:
-            if kind in FINAL_EVENTS or kind in ("queued", "started"):
-                self.status = {"started": "running"}.get(kind, kind)
-            self._events.append(event)
-            self._changed.notify_all()
-            listeners = list(self._listeners)
+            event, listeners = self._record(kind, data)
+        self._tell(listeners, event)
+
+    def _record(self, kind: str, data: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+        """Append an event and update :attr:`status`; the caller holds ``self._changed``."""
+        event = {"kind": kind, "job": self.id, "time": time.time(), **data}
+        if kind in FINAL_EVENTS or kind in ("queued", "started"):
+            self.status = {"started": "running"}.get(kind, kind)
+        self._events.append(event)
+        self._changed.notify_all()
+        return event, list(self._listeners)
+
+    def _tell(self, listeners: list[Any], event: dict[str, Any]) -> None:
         for listener in listeners:
             try:
                 listener(self, event)
             except Exception:  # noqa: BLE001 - a listener must never break the job
-                logging.getLogger(__name__).exception("A listener of job %s failed on %r", self.id, kind)
+                logging.getLogger(__name__).exception("A listener of job %s failed on %r", self.id, event["kind"])
 
     def add_listener(self, listener: Any) -> None:
         """Call ``listener(job, event)`` after each later event, on the thread that emits it.
@@ -311,12 +318,20 @@ class Job:
         return self.status in FINAL_EVENTS
 
     def set_position(self, position: int) -> None:
-        """The queue tells a waiting job how many jobs are ahead of it (plus one)."""
+        """The queue tells a waiting job how many jobs are ahead of it (plus one); 0 once it runs.
+
+        A new place is recorded as a ``queued`` event only while the job has not started: the
+        check and the event are one step under the job's lock, so a place announced late by a
+        submitting thread can never follow the worker's ``started``.
+        """
         with self._changed:
-            changed = position != self.position
+            if position == self.position:
+                return
             self.position = position
-        if changed and position > 0:
-            self.emit("queued", position=position)
+            if position <= 0 or self.status not in ("new", "queued"):
+                return
+            event, listeners = self._record("queued", {"position": position})
+        self._tell(listeners, event)
 
     # --- control -----------------------------------------------------------------------
 

@@ -221,6 +221,8 @@ class JobQueue:
                     return
                 job, request = self._pending.popleft()
                 self._running = job
+            # a job taken before its submitter announced its place still begins with "queued"
+            job.set_position(1)
             job.set_position(0)
             self._announce_positions()
             try:
