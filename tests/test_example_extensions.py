@@ -59,5 +59,5 @@ def test_dropin_folder_extension_signs_the_infotext(easel_app, easel_run_job):
     loaded = {item.name: item for item in context.extensions()}
     assert loaded["hello_infotext"].status == "loaded" and loaded["hello_infotext"].origin == "folder"
     assert "Signed" not in easel_run_job(context).images[0].infotext
-    context.settings.set("hello_infotext.signature", "Ada")
+    context.set_setting("hello_infotext.signature", "Ada")
     assert "Signed: Ada" in easel_run_job(context).images[0].infotext

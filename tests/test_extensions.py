@@ -392,13 +392,13 @@ def test_every_hookspec_is_typed_and_documented():
     import webui.api
     import webui.config
     import webui.job_store
-    import webui.context
+    import webui.extension_context
     import webui.jobs
     import webui.pipelines.manager
     from webui import hookspecs
 
     namespace = {**vars(hookspecs), "torch": torch, "Control": webui.api.Control, "Tab": webui.api.Tab,
-                 "Setting": webui.config.Setting, "EaselContext": webui.context.EaselContext,
+                 "Setting": webui.config.Setting, "ExtensionContext": webui.extension_context.ExtensionContext,
                  "GenerationRequest": webui.jobs.GenerationRequest, "GenerationResult": webui.jobs.GenerationResult,
                  "LoadedModel": webui.pipelines.manager.LoadedModel, "APIRouter": fastapi.APIRouter,
                  "JobTask": webui.job_store.JobTask}

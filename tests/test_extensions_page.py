@@ -62,11 +62,11 @@ def test_page_lists_versions_requirements_and_errors_with_counts(tmp_path, drop_
         requirements = client.predict(api_name="/extensions_requirements")
         rows = {row[0]: row for row in table["data"]}
         needy = rows["needy"]
-        assert needy[1:5] == ["2.5.1", "1.0", "folder", "loaded"]
+        assert needy[1:5] == ["2.5.1", "1.0 (1.x adapter)", "folder", "loaded"]
         assert "easel-no-such-package>=1.0: not installed" in needy[5]
         assert "packaging>=1: " in needy[5] and "easel-other-missing: not installed (optional, GPU only)" in needy[5]
         assert needy[6] == "before_generation: RuntimeError: needy is broken (3 times)"
-        assert rows["txt2img"][3] == "built-in" and rows["txt2img"][2] == "1.4"
+        assert rows["txt2img"][3] == "built-in" and rows["txt2img"][2] == "2.0"
         assert "`easel-no-such-package>=1.0`" in requirements
         assert "pip install 'easel-no-such-package>=1.0'" in requirements
         assert "easel-other-missing" not in requirements, "an optional requirement is not asked for"

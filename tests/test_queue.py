@@ -95,6 +95,24 @@ def test_a_job_the_worker_takes_before_its_place_is_announced_still_begins_with_
     assert job.events()[0]["position"] == 1 and job.position == 0
 
 
+def test_a_job_that_started_elsewhere_still_shows_its_place_when_it_enters_the_queue():
+    """An extension task's job starts on its own thread, then waits in the queue for its generation."""
+    gate = Gate()
+    queue = JobQueue(gate, limit=8)
+    gate.expect("first")
+    first = queue.submit(GenerationRequest(prompt="first", model="tiny"))
+    assert gate.started["first"].wait(WAIT)
+    task_job = Job()
+    task_job.emit("started", task="background")
+    gate.expect("task")
+    queue.submit(GenerationRequest(prompt="task", model="tiny"), task_job)
+    assert kinds(task_job) == ["started", "queued"] and task_job.position == 2 and task_job.status == "queued"
+    gate.release["first"].set()
+    gate.release["task"].set()
+    queue.wait(task_job, timeout=WAIT)
+    assert kinds(task_job)[-2:] == ["step", "finished"] and queue.wait(first, timeout=WAIT).images
+
+
 def test_a_queued_job_can_be_cancelled_and_never_runs():
     gate = Gate()
     queue = JobQueue(gate, limit=8)

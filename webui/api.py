@@ -1,10 +1,26 @@
 """The public extension API of Easel: the only module an extension imports.
 
-Versioning: ``API_VERSION`` is ``MAJOR.MINOR``. A minor bump only adds (hooks, fields,
-helpers); a major bump may remove or change. An extension may set
-``EASEL_API_VERSION = "1.0"`` at module level: it then loads only on an Easel with the
-same major version and at least that minor version. Anything deprecated stays for one
-minor version with a ``DeprecationWarning`` before it goes at the next major version.
+Versioning: ``API_VERSION`` is ``MAJOR.MINOR`` (now 2.0). A minor version only adds (hooks,
+fields, helpers, members): an extension written for 2.0 works unchanged on every 2.x. A major
+version may remove or change. An extension sets ``EASEL_API_VERSION = "2.0"`` at module level:
+it then loads on an Easel of the same major version and at least that minor version. A name or
+hook that is going away is listed in :data:`DEPRECATED` and warns (``DeprecationWarning``) for
+at least one minor version, then goes at the next major version. Extensions that declare API
+1.x (or nothing) still load, through a thin adapter: their ``context`` also answers the 1.x
+internals (``settings``, ``pipelines``, ``plugins``, ``job_queue()``), each use warning with the
+2.0 replacement; the Extensions page says "1.x adapter". Any other version is refused, and the
+Extensions page says why. :data:`NAMES_SINCE` / :data:`HOOKS_SINCE` say which version added
+each name, member and hook.
+
+API 2.0: hooks and tabs get :class:`ExtensionContext` as ``context`` (``ui.context`` in a
+tab), a narrow facade with a method or property for each thing an extension needs: folders
+(``models_dir``, ``outputs_dir``, ``data_dir``, ``lora_dir``, ``datasets_dir``,
+``training_dir``), settings (``setting``, ``set_setting``), the device (``device``,
+``device_lock()``), models (``use_model(name)``, ``loaded_models()``, ``list_models()``, ...),
+jobs (``generate``, ``submit``, ``wait_for``, ``cancel``), ``extension_state``, the other
+extensions (``call_hook``, ``report_failure``). The app's internals are not reachable through
+it. ``LoadedModel.placement_done`` became public: set it in ``configure_pipeline`` when your
+extension placed the pipeline on its devices itself (offload). ``EaselContext`` is deprecated.
 
 A minimal extension (a folder under ``extensions/`` with this ``__init__.py``)::
 
@@ -25,17 +41,17 @@ launch`` in a child process, Cancel, log tail), :func:`read_training_events` (th
 ``TrainingConfigError``, ``LR_SCHEDULERS``, ``MIXED_PRECISION``; the context's ``lora_dir``,
 ``datasets_dir`` and ``training_dir`` name the folders.
 
-Added in 1.2: ``EaselContext.extension_state`` (per-app state of extensions, reachable from
+Added in 1.2: ``ExtensionContext.extension_state`` (per-app state of extensions, reachable from
 every browser session), :meth:`UIContext.on_page_load` (run a function each time a browser
 opens or reloads the page, e.g. to re-attach to a running job) and :func:`training_log_tail`;
-``EaselContext.model_source(name)`` (a listed model's source: label, family, the UI ``note``)
-and ``EaselContext.native_size_of(name)`` (the side a model was trained at, e.g. 128 for the
+``ExtensionContext.model_source(name)`` (a listed model's source: label, family, the UI ``note``)
+and ``ExtensionContext.native_size_of(name)`` (the side a model was trained at, e.g. 128 for the
 offline demo model, else its family's).
 
 Added in 1.3: one job path and one queue. ``GenerationRequest.task`` (``TASKS``: txt2img,
 img2img, inpaint) with A1111's img2img/inpaint fields (images as PNG bytes: ``image_to_png``
-/ ``png_to_image``; ``RESIZE_MODES``, ``MASKED_CONTENT``); ``EaselContext.generate`` runs any
-task through the device's queue and ``EaselContext.submit`` queues one and returns its
+/ ``png_to_image``; ``RESIZE_MODES``, ``MASKED_CONTENT``); ``ExtensionContext.generate`` runs any
+task through the device's queue and ``ExtensionContext.submit`` queues one and returns its
 :class:`Job` (events: ``Job.wait_events``; ``QueueFullError`` when the queue is full); the
 family table (``family_spec(name)``, :class:`Family`, ``LoadedModel.spec``) answers every
 family question; ``flatten``, ``resize_image`` and ``mask_from_image`` are the image helpers
@@ -51,7 +67,7 @@ text an image carries (PNG text chunks, EXIF UserComment).
 
 Added in 1.4: pluggy calls the hooks (``@hookimpl(wrapper=True)``, ``tryfirst``/``trylast``
 work; old-style ``hookwrapper=True`` is refused at load); ``device_in_use`` is ``firstresult``
-(``EaselContext.call_hook`` then returns the first answer, not a list); a failing
+(``ExtensionContext.call_hook`` then returns the first answer, not a list); a failing
 implementation is listed once per (extension, hook) with a count; the hookspecs are typed;
 ``out_of_memory`` answers may carry ``"settings"`` that apply to the retried job only;
 ``generation_form.wire_generate`` gives a generation endpoint one ``extras`` dict for the
@@ -85,12 +101,12 @@ suffix, keep or overwrite). The offline demo domain: :func:`find_demo_shapes` an
 shape in a demo image; the Background tab's demo detector).
 
 Also in 1.4: local models for the browser-only user (the built-in Models page uses only
-these). ``EaselContext.local_models()`` lists checkpoints, LoRAs and VAEs as
+these). ``ExtensionContext.local_models()`` lists checkpoints, LoRAs and VAEs as
 :class:`LocalModel` rows (size, family, SHA-256, :class:`ModelOrigin`);
-``EaselContext.download_model(source, kind, ...)`` downloads from an https URL or the hub
+``ExtensionContext.download_model(source, kind, ...)`` downloads from an https URL or the hub
 (progress as :class:`DownloadProgress`, result :class:`DownloadResult`, refusals and
-failures as :class:`DownloadError`; ``EaselContext.download_policy`` says what is allowed);
-``EaselContext.export_model(name, ...)`` writes a diffusers folder as one original-layout
+failures as :class:`DownloadError`; ``ExtensionContext.download_policy`` says what is allowed);
+``ExtensionContext.export_model(name, ...)`` writes a diffusers folder as one original-layout
 ``.safetensors`` checkpoint. ``MODEL_KINDS`` names the kinds and their folders. Model lists
 of any tab follow new models: a tab registers its dropdown with
 :meth:`UIContext.register_model_list`, and a tab that adds models refreshes them all after its
@@ -111,7 +127,8 @@ from typing import Any, Callable
 import pluggy
 
 from webui.config import Setting
-from webui.context import EaselContext
+from webui.context import EaselContext as _AppContext
+from webui.extension_context import ExtensionContext, app_of
 from webui.demo_domain import DemoShape, find_demo_shapes, match_demo_shapes
 from webui.errors import EaselError, ExtensionError, GenerationError
 from webui.generation import prompt_arguments
@@ -265,7 +282,8 @@ def picked_image(value: Any, index: Any = 0) -> Any:
 class UIContext:
     """What a tab's ``render`` gets: the app context plus UI helpers."""
 
-    context: EaselContext
+    context: ExtensionContext
+    """The app as extensions see it (API 2.0: :class:`ExtensionContext`; 1.x extensions get its adapter)."""
     blocks: Any = field(default=None, repr=False)
     """The ``gr.Blocks`` being built (set by the shell); use :meth:`on_page_load` rather than this."""
 
@@ -297,14 +315,17 @@ class UIContext:
                 raise TypeError(f"register_generation_controls expects webui.api.Control, got {type(control)}")
             controls.append(control)
 
-        self.context.plugins.call("register_generation_controls", register=register, tab_id=tab_id)
+        self.context.call_hook("register_generation_controls", register=register, tab_id=tab_id)
         rendered = []
         for control in sorted(controls, key=lambda c: (c.order, c.key)):
             try:
                 rendered.append((control.key, control.render(self)))
             except Exception as exc:  # noqa: BLE001 - one broken control must not break the tab
-                self.context.plugins.report_failure(control.key, "render", exc)
+                self.context.report_failure(control.key, "render", exc)
         return rendered
+
+    def __post_init__(self) -> None:
+        self.context = self.context.for_extensions  # built from the app context: tabs still get the facade
 
     _shared: dict[str, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
     _sends: list[tuple[Any, str, Callable[..., Any], list[Any]]] = field(default_factory=list, init=False,
@@ -447,11 +468,11 @@ class UIContext:
 
     def last_used(self, scope: str) -> dict[str, Any]:
         """The values this tab saved with :meth:`remember` (empty on first start)."""
-        return self.context.settings.last_used(scope)
+        return app_of(self.context).settings.last_used(scope)
 
     def remember(self, scope: str, values: dict[str, Any]) -> None:
         """Save this tab's current values so they come back after a restart."""
-        self.context.settings.remember(scope, values)
+        app_of(self.context).settings.remember(scope, values)
 
 
 #: The API version that introduced each public name of this module and each public member of
@@ -460,18 +481,18 @@ class UIContext:
 NAMES_SINCE: dict[str, str] = {
     # 1.0: the spine
     **dict.fromkeys([
-        "API_VERSION", "Control", "EaselContext", "EaselError", "ExtensionError", "FAMILIES", "FAMILY_LABELS",
+        "API_VERSION", "Control", "EaselError", "ExtensionError", "FAMILIES", "FAMILY_LABELS",
         "GenerationError", "GenerationRequest", "GenerationResult", "ImageRecord", "Job", "LoadedModel",
         "ModelSource", "RefinerOptions", "RequestError", "SAMPLERS", "SCHEDULE_TYPES", "Setting", "Tab",
         "UIContext", "build_infotext", "hookimpl", "make_scheduler", "parse_infotext", "prompt_arguments",
         "read_infotext", "resolve_seed", "samplers_for", "schedule_types_for", "save_image",
         # LoRA training, public since the Train tab came (API 1.0)
         "LR_SCHEDULERS", "MIXED_PRECISION", "TrainConfig", "TrainingConfigError", "TrainingProcess",
-        "read_training_events", "EaselContext.lora_dir", "EaselContext.datasets_dir", "EaselContext.training_dir",
-        "EaselContext.list_models", "EaselContext.family_of", "EaselContext.extensions",
+        "read_training_events", "ExtensionContext.lora_dir", "ExtensionContext.datasets_dir", "ExtensionContext.training_dir",
+        "ExtensionContext.list_models", "ExtensionContext.family_of", "ExtensionContext.extensions",
         "UIContext.render_generation_controls", "UIContext.last_used", "UIContext.remember", "UIContext.context",
-        "EaselContext.models_dir", "EaselContext.outputs_dir", "EaselContext.data_dir",
-        "EaselContext.default_model", "EaselContext.max_side",
+        "ExtensionContext.models_dir", "ExtensionContext.outputs_dir", "ExtensionContext.data_dir",
+        "ExtensionContext.default_model", "ExtensionContext.max_side",
         "LoadedModel.name", "LoadedModel.family", "LoadedModel.pipeline", "LoadedModel.device", "LoadedModel.dtype",
         "LoadedModel.source", "LoadedModel.base_scheduler_config", "LoadedModel.extension_state",
         "LoadedModel.model_hash",
@@ -483,20 +504,20 @@ NAMES_SINCE: dict[str, str] = {
     **dict.fromkeys([
         "MAX_OOM_RETRIES", "denoiser_of", "device_memory", "format_size", "is_available", "module_bytes",
         "option_availability", "option_value", "parse_size", "pipeline_modules",
-        "EaselContext.call_hook", "EaselContext.extension_infotext_fields", "EaselContext.extension_call_kwargs",
-        "EaselContext.out_of_memory_answers",
+        "ExtensionContext.call_hook", "ExtensionContext.extension_infotext_fields", "ExtensionContext.extension_call_kwargs",
+        "ExtensionContext.out_of_memory_answers",
     ], "1.1"),
     # 1.2: per-app extension state, page loads, model sources
     **dict.fromkeys([
-        "training_log_tail", "EaselContext.extension_state", "EaselContext.model_source",
-        "EaselContext.native_size_of", "UIContext.on_page_load",
+        "training_log_tail", "ExtensionContext.extension_state", "ExtensionContext.model_source",
+        "ExtensionContext.native_size_of", "UIContext.on_page_load",
     ], "1.2"),
     # 1.3: one job path, one queue, the family table, sending between tabs
     **dict.fromkeys([
         "Family", "MASKED_CONTENT", "QueueFullError", "RESIZE_MODES", "TASKS", "family_spec", "flatten",
         "follow_job", "generation_form", "image_to_png", "mask_from_image", "picked_image", "png_to_image",
         "read_image_text", "resize_image", "resolve_sampler",
-        "EaselContext.generate", "EaselContext.submit", "EaselContext.job_queue", "EaselContext.device_in_use",
+        "ExtensionContext.generate", "ExtensionContext.submit", "ExtensionContext.device_in_use",
         "LoadedModel.spec", "UIContext.share_fields", "UIContext.shared_fields", "UIContext.send_to",
         "UIContext.send_image_button",
         *(f"generation_form.{name}" for name in (
@@ -509,23 +530,45 @@ NAMES_SINCE: dict[str, str] = {
     ], "1.3"),
     # 1.4: pluggy calls the hooks; the version tables
     **dict.fromkeys(["NAMES_SINCE", "HOOKS_SINCE", "generation_form.wire_generate", "generation_form.extras_value",
-                     "EaselContext.setting", "EaselContext.set_setting", "EaselContext.device",
-                     "EaselContext.device_lock", "EaselContext.extension_failures", "EaselContext.extension_install_allowed",
+                     "ExtensionContext.setting", "ExtensionContext.set_setting", "ExtensionContext.device",
+                     "ExtensionContext.device_lock", "ExtensionContext.extension_failures", "ExtensionContext.extension_install_allowed",
                      # datasets and captions from the browser
                      "CaptionReport", "Captioner", "CaptionerChoice", "DatasetError", "DatasetImage", "DatasetStore",
                      "DemoShape", "find_demo_shapes", "match_demo_shapes", "UploadLimits", "UploadReport",
                      "caption_dataset", "captioner_choices", "load_captioner",
                      # local models, downloads, export
                      "DownloadError", "DownloadProgress", "DownloadResult", "LocalModel", "MODEL_KINDS", "ModelOrigin",
-                     "FULL_OUTPUT_FORMATS", "EaselContext.local_models", "EaselContext.download_model",
-                     "EaselContext.export_model", "EaselContext.download_policy", "UIContext.register_model_list",
+                     "FULL_OUTPUT_FORMATS", "ExtensionContext.local_models", "ExtensionContext.download_model",
+                     "ExtensionContext.export_model", "ExtensionContext.download_policy", "UIContext.register_model_list",
                      "UIContext.refresh_model_lists_after",
                      # extensions' declared requirements
                      "RequirementStatus", "check_requirement", "unmet_requirements", "pip_command", "pip_command_text",
                      # Easel's own REST API
                      "JobTask", "picked_file", "LORA_TAG", "list_lora_files"],
                     "1.4"),
+    # 2.0: the narrow context facade; the 1.x adapter
+    **dict.fromkeys(["ExtensionContext", "DEPRECATED", "ExtensionContext.use_model", "ExtensionContext.loaded_models",
+                     "ExtensionContext.wait_for", "ExtensionContext.cancel", "ExtensionContext.report_failure",
+                     "ExtensionContext.for_extensions", "LoadedModel.placement_done"], "2.0"),
 }
+
+#: Names API 2.0 deprecates: name -> (the version that deprecated it, what to use instead). Using
+#: one warns (``DeprecationWarning``); it goes with the next major version.
+DEPRECATED: dict[str, tuple[str, str]] = {
+    "EaselContext": ("2.0", "ExtensionContext (what hooks and tabs get as context)"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Deprecated names still answer, with a ``DeprecationWarning`` naming their replacement."""
+    if name in DEPRECATED:
+        import warnings
+
+        since, replacement = DEPRECATED[name]
+        warnings.warn(f"webui.api.{name} is deprecated since API {since}; use {replacement}", DeprecationWarning,
+                      stacklevel=2)
+        return {"EaselContext": _AppContext}[name]
+    raise AttributeError(f"module 'webui.api' has no attribute {name!r}")
 
 #: The API version that introduced each hook of :mod:`webui.hookspecs`.
 HOOKS_SINCE: dict[str, str] = {
@@ -571,7 +614,8 @@ __all__ = [
     "LocalModel",
     "MODEL_KINDS",
     "ModelOrigin",
-    "EaselContext",
+    "ExtensionContext",
+    "DEPRECATED",
     "EaselError",
     "ExtensionError",
     "FAMILIES",

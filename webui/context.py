@@ -1,4 +1,8 @@
-"""The running app's context: what extensions get to work with (through ``webui.api``)."""
+"""The running app's context: settings, the pipeline manager, the plugin host, folders, the queue.
+
+This is the core's object. Extensions get :attr:`EaselContext.for_extensions`, the narrow
+facade of :mod:`webui.extension_context` (API 2.0); API 1.x extensions get its adapter.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from webui.jobs import GenerationRequest, GenerationResult, Job
 
 if TYPE_CHECKING:
     from webui.config import SettingsStore
+    from webui.extension_context import ExtensionContext, LegacyContext
     from webui.models_store import LocalModel
     from webui.pipelines.downloads import DownloadPolicy, DownloadResult, ProgressCallback
     from webui.pipelines.manager import PipelineManager
@@ -49,6 +54,26 @@ class EaselContext:
     """Persisted jobs (SQLite under the data folder) of the REST API: see :meth:`job_recorder`."""
     download_policy: "DownloadPolicy | None" = field(default=None, repr=False)
     """What :meth:`download_model` may fetch (API 1.4); None: a server on localhost only, safetensors only."""
+    _facade: Any = field(default=None, init=False, repr=False, compare=False)
+    _legacy: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def for_extensions(self) -> "ExtensionContext":
+        """The facade extensions get as ``context`` (API 2.0): :class:`webui.extension_context.ExtensionContext`."""
+        if self._facade is None:
+            from webui.extension_context import ExtensionContext
+
+            self._facade = ExtensionContext(self)
+        return self._facade
+
+    @property
+    def legacy_view(self) -> "LegacyContext":
+        """The context API 1.x extensions get: the facade plus the internals they used to reach, deprecated."""
+        if self._legacy is None:
+            from webui.extension_context import LegacyContext
+
+            self._legacy = LegacyContext(self)
+        return self._legacy
 
     @property
     def lora_dir(self) -> Path:
@@ -77,6 +102,14 @@ class EaselContext:
         """Queue an image job and return its :class:`Job` at once (API 1.3): follow its events,
         ``queue.wait(job)`` for the result, ``queue.cancel(job)`` to cancel or interrupt it."""
         return self.job_queue().submit(request, job)
+
+    def wait_for(self, job: Job, timeout: float | None = None) -> GenerationResult:
+        """Block until a submitted ``job`` ends; its result, or the error that ended it."""
+        return self.job_queue().wait(job, timeout)
+
+    def cancel(self, job: Job) -> str:
+        """Cancel a waiting job (``"cancelled"``) or interrupt a running one (``"interrupted"``)."""
+        return self.job_queue().cancel(job)
 
     def setting(self, key: str, default: Any = None) -> Any:
         """The value of setting ``key`` (API 1.4): the saved value, else its default, else ``default``.

@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # only for the annotations: this module is imported before th
 
     from webui.api import Control, Tab
     from webui.config import Setting
-    from webui.context import EaselContext
+    from webui.extension_context import ExtensionContext
     from webui.jobs import GenerationRequest, GenerationResult
     from webui.pipelines.manager import LoadedModel
     from fastapi import APIRouter
@@ -90,10 +90,10 @@ def register_generation_controls(register: Callable[[Control], None], tab_id: st
 
 
 @hookspec
-def app_started(context: EaselContext) -> None:
+def app_started(context: ExtensionContext) -> None:
     """Called once after all extensions are loaded and settings registered.
 
-    ``context`` is the :class:`webui.api.EaselContext` of the running app. Use it to
+    ``context`` is the :class:`webui.api.ExtensionContext` of the running app. Use it to
     prepare state that needs the app (not for heavy work: the UI is not up yet); keep such
     state in ``context.extension_state[<your extension's name>]`` (API 1.2), not in
     module-level globals.
@@ -102,10 +102,10 @@ def app_started(context: EaselContext) -> None:
 
 
 @hookspec(firstresult=True)
-def device_in_use(context: EaselContext) -> str | None:
+def device_in_use(context: ExtensionContext) -> str | None:
     """Say when something outside the job queue holds the queue's device (API 1.3; ``firstresult`` since 1.4).
 
-    ``context`` is the :class:`webui.api.EaselContext`. Return a short sentence for the user
+    ``context`` is the :class:`webui.api.ExtensionContext`. Return a short sentence for the user
     (e.g. ``"a LoRA training run (my_lora, step 120/500) is using the GPU"``) while it does,
     else None. While any extension says so, the queue starts no new job: waiting jobs show
     the sentence on their page and start once it is over, instead of running out of memory
@@ -116,7 +116,7 @@ def device_in_use(context: EaselContext) -> str | None:
 
 
 @hookspec
-def configure_pipeline(model: LoadedModel, context: EaselContext) -> None:
+def configure_pipeline(model: LoadedModel, context: ExtensionContext) -> None:
     """Configure a freshly loaded pipeline (memory options, attention, offload, ...).
 
     Called once per load, right after the model is loaded on the CPU and before it is moved
@@ -125,19 +125,19 @@ def configure_pipeline(model: LoadedModel, context: EaselContext) -> None:
     models and the next job loads (and configures) the model again. ``model`` is a
     :class:`webui.api.LoadedModel` (``model.pipeline`` is the diffusers pipeline,
     ``model.family`` one of ``sd1, sd2, sdxl, sdxl-refiner, sd3``); ``context`` the app's
-    :class:`webui.api.EaselContext`. Modify the pipeline in place. Returns nothing.
+    :class:`webui.api.ExtensionContext`. Modify the pipeline in place. Returns nothing.
     Raise :class:`webui.api.ExtensionError` to refuse a combination with a message the
     user will see.
     """
 
 
 @hookspec
-def before_generation(request: GenerationRequest, model: LoadedModel, context: EaselContext) -> None:
+def before_generation(request: GenerationRequest, model: LoadedModel, context: ExtensionContext) -> None:
     """Called before every image job (txt2img, img2img, inpaint — ``request.task``), with the device lock held.
 
     ``request`` is the :class:`webui.api.GenerationRequest` (validated, seeds not yet
     drawn); ``model`` the :class:`webui.api.LoadedModel` about to run it; ``context`` the
-    app's :class:`webui.api.EaselContext` (folders, settings). An extension may adjust
+    app's :class:`webui.api.ExtensionContext` (folders, settings). An extension may adjust
     ``request`` (e.g. strip its own prompt syntax before the prompt is encoded),
     ``request.extras`` or the pipeline for this one job; undo pipeline changes in
     ``after_generation``, which always follows (also when this hook or the job raised).
@@ -186,7 +186,7 @@ def infotext_fields(request: GenerationRequest, model: LoadedModel) -> dict[str,
 # ----- memory options (API 1.1) ----------------------------------------------------------
 
 @hookspec
-def option_availability(device: torch.device, context: EaselContext) -> dict[str, str] | None:
+def option_availability(device: torch.device, context: ExtensionContext) -> dict[str, str] | None:
     """Say which of this extension's option values cannot work on this device, and why.
 
     ``device`` is the :class:`torch.device` the pipeline manager uses. Return a dict mapping
@@ -199,7 +199,7 @@ def option_availability(device: torch.device, context: EaselContext) -> dict[str
 
 
 @hookspec
-def out_of_memory(request: GenerationRequest, model: LoadedModel, context: EaselContext,
+def out_of_memory(request: GenerationRequest, model: LoadedModel, context: ExtensionContext,
                   error: BaseException) -> dict[str, Any] | None:
     """A generation ran out of memory; the memory is already freed.
 
@@ -209,7 +209,7 @@ def out_of_memory(request: GenerationRequest, model: LoadedModel, context: Easel
     ``"retry": True`` with ``"settings"``: setting values (e.g. ``{"presets.profile":
     "medvram"}``) that should make the job fit. Easel then reloads the model and runs this
     job again with those values (at most :data:`webui.api.MAX_OOM_RETRIES` times); they apply
-    to this job only (``context.settings.get`` returns them inside the retried job's hooks,
+    to this job only (``context.setting`` returns them inside the retried job's hooks,
     since API 1.4), never to the app's settings or to later jobs, and once the job is over
     the model is loaded again with the app's own settings. Do not change the app's settings
     here: that would change them for every later user.
@@ -217,7 +217,7 @@ def out_of_memory(request: GenerationRequest, model: LoadedModel, context: Easel
 
 
 @hookspec
-def preset_values(context: EaselContext) -> dict[str, Any] | None:
+def preset_values(context: ExtensionContext) -> dict[str, Any] | None:
     """The option values a memory preset imposes right now (``--medvram``, ``--lowvram``).
 
     Return a dict of setting key to value (or None when no preset is active). Not
@@ -232,14 +232,14 @@ def preset_values(context: EaselContext) -> dict[str, Any] | None:
 # ----- REST API (API 1.4) ----------------------------------------------------------------
 
 @hookspec
-def register_api_routes(router: APIRouter, context: EaselContext) -> None:
+def register_api_routes(router: APIRouter, context: ExtensionContext) -> None:
     """Add REST routes under Easel's own API prefix, ``/easel/v1`` (API 1.4).
 
     Called once when the server builds its ``/easel/v1`` router (only when the API is served).
     ``router`` is that ``fastapi.APIRouter``: add routes with ``@router.get("/myext/...")``
     and so on, under a path of your extension's name, with pydantic models for the bodies so
     they appear in the OpenAPI document; ``context`` is the app's
-    :class:`webui.api.EaselContext`. Whatever protects the router (the API's authentication)
+    :class:`webui.api.ExtensionContext`. Whatever protects the router (the API's authentication)
     protects these routes too. Raise ``fastapi.HTTPException`` with a message for errors
     (422 for bad input); never let a stack trace reach a response. Keep long work out of the
     route: offer it as a job task (``register_job_tasks``) that callers submit and poll.

@@ -42,6 +42,7 @@ from webui.queue import JobCancelledError, QueueFullError
 
 if TYPE_CHECKING:
     from webui.context import EaselContext
+    from webui.extension_context import ExtensionContext
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class JobTask:
 
     name: str
     check: Callable[[dict[str, Any]], dict[str, Any]]
-    run: Callable[["EaselContext", dict[str, Any], Job], GenerationResult]
+    run: Callable[["ExtensionContext", dict[str, Any], Job], GenerationResult]
 
 
 def image_url(job_id: str, index: int) -> str:
@@ -344,7 +345,7 @@ class JobRecorder:
         job.emit("started", task=task.name)
         error = ""
         try:
-            job.result = task.run(self.context, request, job)
+            job.result = task.run(self.context.for_extensions, request, job)
             status = "interrupted" if job.result.interrupted else "finished"
         except JobCancelledError:
             if any(event.get("shutdown") for event in job.events()[-1:]):

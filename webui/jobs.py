@@ -250,6 +250,7 @@ class Job:
         self._changed = threading.Condition(self._lock)
         self._interrupted = False
         self._skip_requested = False
+        self._waiting = False
         self._listeners: list[Any] = []
         self.id = job_id or uuid.uuid4().hex
         self.status = "new"
@@ -320,18 +321,30 @@ class Job:
     def set_position(self, position: int) -> None:
         """The queue tells a waiting job how many jobs are ahead of it (plus one); 0 once it runs.
 
-        A new place is recorded as a ``queued`` event only while the job has not started: the
-        check and the event are one step under the job's lock, so a place announced late by a
-        submitting thread can never follow the worker's ``started``.
+        A new place is recorded as a ``queued`` event only while the job waits in a queue
+        (between :meth:`enter_queue` and :meth:`leave_queue`): the check and the event are one
+        step under the job's lock, so a place announced late by a submitting thread can never
+        follow the worker's ``started``.
         """
         with self._changed:
-            if position == self.position:
+            if position == self.position or (position > 0 and not self._waiting):
                 return
             self.position = position
-            if position <= 0 or self.status not in ("new", "queued"):
+            if position <= 0:
                 return
             event, listeners = self._record("queued", {"position": position})
         self._tell(listeners, event)
+
+    def enter_queue(self) -> None:
+        """The queue took the job in (called under the queue's lock): its places are announced from now on."""
+        with self._changed:
+            self._waiting = True
+
+    def leave_queue(self) -> None:
+        """The worker took the job out to run it: position 0, and later place announcements are ignored."""
+        with self._changed:
+            self._waiting = False
+            self.position = 0
 
     # --- control -----------------------------------------------------------------------
 

@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from webui.extension_context import app_of
+
 if TYPE_CHECKING:
     from webui.context import EaselContext
+    from webui.extension_context import ExtensionContext
 
 MAX_OOM_RETRIES = 2
 
@@ -75,16 +78,18 @@ def denoiser_of(pipeline: Any) -> torch.nn.Module | None:
     return getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
 
 
-def option_availability(context: "EaselContext") -> dict[str, str]:
+def option_availability(context: "ExtensionContext | EaselContext") -> dict[str, str]:
     """Every unavailable option value on this app's device, with its reason (``option_availability`` hooks)."""
+    context = app_of(context)
     reasons: dict[str, str] = {}
     for result in context.plugins.call("option_availability", device=context.pipelines.device, context=context):
         reasons.update({str(key): str(value) for key, value in dict(result).items() if value})
     return reasons
 
 
-def option_value(context: "EaselContext", key: str, default: Any = None) -> Any:
+def option_value(context: "ExtensionContext | EaselContext", key: str, default: Any = None) -> Any:
     """A memory option as it applies now: an active preset's value, else the setting."""
+    context = app_of(context)
     for values in context.plugins.call("preset_values", context=context):
         if isinstance(values, dict) and key in values:
             spec = next((s for s in context.settings.specs if s.key == key), None)
@@ -92,7 +97,7 @@ def option_value(context: "EaselContext", key: str, default: Any = None) -> Any:
     return context.settings.get(key, default)
 
 
-def is_available(context: "EaselContext", key: str, value: Any = None) -> str | None:
+def is_available(context: "ExtensionContext | EaselContext", key: str, value: Any = None) -> str | None:
     """None when ``key`` (set to ``value``) works on this device, else the reason it does not."""
     reasons = option_availability(context)
     if value is not None and f"{key}={value}" in reasons:

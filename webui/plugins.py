@@ -15,6 +15,12 @@ refusing a request with a message for the user: it is passed on, not swallowed.
 Hooks are called by pluggy itself (wrappers, ``firstresult``, ``tryfirst``/``trylast`` work as
 pluggy documents); each implementation is wrapped so that its failure is recorded once per
 (extension, hook) pair, with a count, and the call goes on with the others.
+
+Hooks get the narrow :class:`webui.extension_context.ExtensionContext` as ``context`` (API 2.0),
+whatever the caller passed. An extension that declares API 1.x (or no version) is loaded
+through the 1.x adapter: its hooks, tabs, controls and job tasks get
+:class:`webui.extension_context.LegacyContext` instead, which still answers the internals 1.x
+reached, with a ``DeprecationWarning``. Any other version is refused with the reason.
 """
 
 from __future__ import annotations
@@ -35,13 +41,16 @@ import pluggy
 
 from webui import hookspecs
 from webui.errors import ExtensionError
+from webui.extension_context import adapt_arguments
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "easel.extensions"
-BUILTIN_EXTENSIONS = ("txt2img", "img2img", "extensions_page", "background", "lora", "train", "png_info", "presets",
-                      "attention", "vae", "offload", "quantization", "speed")
-API_VERSION = "1.4"
+BUILTIN_EXTENSIONS = ("txt2img", "img2img", "extensions_page", "models_page", "background", "lora", "train",
+                      "png_info", "presets", "attention", "vae", "offload", "quantization", "speed")
+API_VERSION = "2.0"
+#: The older major versions still loaded, through the adapter of :mod:`webui.extension_context`.
+ADAPTED_MAJOR_VERSIONS = (1,)
 
 #: What a ``@hookimpl(wrapper=True)`` function returns: a generator that yields once, receives the
 #: result and returns it (possibly changed).
@@ -63,6 +72,8 @@ class ExtensionInfo:
     """The extension's own version: its package's version, else its module's ``__version__``."""
     api_version: str = ""
     """The ``EASEL_API_VERSION`` it declares (empty: none declared)."""
+    adapted: bool = False
+    """Loaded through the API 1.x adapter (it declares 1.x, or no version)."""
 
 
 @dataclass
@@ -101,16 +112,36 @@ def _extension_version(plugin: Any, origin: str) -> str:
     return str(getattr(plugin, "__version__", "") or "")
 
 
-def api_version_compatible(required: str | None) -> bool:
-    """An extension asking for API ``X.Y`` loads when X equals ours and Y is not newer."""
+def api_support(required: str | None) -> tuple[str | None, str]:
+    """How an extension declaring ``EASEL_API_VERSION = required`` loads: ``("current", "")``,
+    ``("adapted", "")`` (API 1.x, or nothing declared: through the 1.x adapter) or
+    ``(None, reason)`` when it is refused."""
     if not required:
-        return True
+        return "adapted", ""
+    have_major, have_minor = (int(part) for part in API_VERSION.split("."))
     try:
         want_major, want_minor = (int(part) for part in str(required).split(".")[:2])
     except ValueError:
-        return False
-    have_major, have_minor = (int(part) for part in API_VERSION.split("."))
-    return want_major == have_major and want_minor <= have_minor
+        return None, f"declares EASEL_API_VERSION {required!r}, which is not MAJOR.MINOR"
+    if want_major == have_major and want_minor <= have_minor:
+        return "current", ""
+    if want_major in ADAPTED_MAJOR_VERSIONS:
+        return "adapted", ""
+    if want_major == have_major:
+        return None, f"needs extension API {required}, this Easel provides {API_VERSION}: update Easel"
+    return None, (f"needs extension API {required}, this Easel provides {API_VERSION} (and adapts "
+                  f"{', '.join(f'{major}.x' for major in ADAPTED_MAJOR_VERSIONS)}): "
+                  + ("update Easel" if want_major > have_major else "this API version is no longer supported"))
+
+
+def api_version_compatible(required: str | None) -> bool:
+    """Whether an extension declaring API ``required`` loads (directly or through the 1.x adapter)."""
+    return api_support(required)[0] is not None
+
+
+def public_context(value: Any) -> Any:
+    """What a hook gets for a ``context`` argument: the app's extension facade (API 2.0)."""
+    return getattr(value, "for_extensions", value)
 
 
 class PluginHost:
@@ -195,11 +226,13 @@ class PluginHost:
             info.version = _extension_version(plugin, origin)
             required = getattr(plugin, "EASEL_API_VERSION", None)
             info.api_version = str(required or "")
-            if not api_version_compatible(required):
-                raise ExtensionError(f"needs extension API {required}, this Easel provides {API_VERSION}")
+            support, reason = api_support(required)
+            if support is None:
+                raise ExtensionError(reason)
+            info.adapted = support == "adapted"
             self.pm.register(plugin, name=name)
             try:
-                self._isolate(name, plugin)
+                self._isolate(name, plugin, adapted=info.adapted)
             except BaseException:
                 self.pm.unregister(plugin, name=name)
                 raise
@@ -220,6 +253,8 @@ class PluginHost:
         the other extensions as if the failing one had returned None (a failing wrapper passes
         the result through unchanged). :class:`webui.api.ExtensionError` propagates.
         """
+        if "context" in kwargs:
+            kwargs["context"] = public_context(kwargs["context"])
         return getattr(self.pm.hook, hook_name)(**kwargs)
 
     def is_firstresult(self, hook_name: str) -> bool:
@@ -227,12 +262,13 @@ class PluginHost:
         hook = getattr(self.pm.hook, hook_name)
         return bool(hook.spec and hook.spec.opts.get("firstresult"))
 
-    def _isolate(self, extension: str, plugin: Any) -> None:
+    def _isolate(self, extension: str, plugin: Any, adapted: bool = False) -> None:
         """Wrap each of ``plugin``'s hook implementations so that a failure is recorded, not raised.
 
         pluggy calls ``HookImpl.function``; replacing it with an isolating wrapper keeps pluggy's
         own calling (order, wrappers, firstresult) and adds the failure isolation around each
-        implementation. Old-style ``hookwrapper=True`` implementations are refused: their
+        implementation; for an ``adapted`` (API 1.x) extension it also hands the implementation
+        the 1.x view of its arguments (:func:`webui.extension_context.adapt_arguments`). Old-style ``hookwrapper=True`` implementations are refused: their
         failures cannot be isolated from the other extensions' (they get pluggy's ``Result``).
         """
         for caller in self.pm.get_hookcallers(plugin) or ():
@@ -244,10 +280,13 @@ class PluginHost:
                         f"{caller.name}: old-style @hookimpl(hookwrapper=True) is not supported; "
                         "use @hookimpl(wrapper=True) (a generator that yields once and returns the result)"
                     )
+                function = impl.function
+                if adapted:
+                    function = adapt_arguments(function, tuple(impl.argnames))
                 if impl.wrapper:
-                    impl.function = self._isolated_wrapper(extension, caller.name, impl.function)
+                    impl.function = self._isolated_wrapper(extension, caller.name, function)
                 else:
-                    impl.function = self._isolated_function(extension, caller.name, impl.function)
+                    impl.function = self._isolated_function(extension, caller.name, function)
 
     def _isolated_function(self, extension: str, hook_name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         """``function`` that records its failure and answers None instead of raising."""

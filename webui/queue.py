@@ -27,6 +27,7 @@ from webui.jobs import GenerationRequest, GenerationResult, Job
 
 if TYPE_CHECKING:
     from webui.context import EaselContext
+    from webui.extension_context import ExtensionContext
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class JobQueue:
             if len(self._pending) >= self.limit and not over_limit:
                 raise QueueFullError(f"The queue is full ({self.limit} jobs waiting): try again when some have "
                                      "finished, or raise the limit in Settings > Queue")
+            job.enter_queue()
             self._pending.append((job, request))
             self._jobs[job.id] = job
             self._forget_old_jobs()
@@ -221,9 +223,8 @@ class JobQueue:
                     return
                 job, request = self._pending.popleft()
                 self._running = job
-            # a job taken before its submitter announced its place still begins with "queued"
-            job.set_position(1)
-            job.set_position(0)
+            job.set_position(1)  # taken before its submitter announced its place: it still begins with "queued"
+            job.leave_queue()
             self._announce_positions()
             try:
                 self._run_one(job, request)
@@ -252,7 +253,7 @@ class JobQueue:
             job.emit("finished", images=len(result.images), seconds=result.seconds)
 
 
-def follow_job(context: "EaselContext", request: GenerationRequest, job: Job,
+def follow_job(context: "ExtensionContext | EaselContext", request: GenerationRequest, job: Job,
                poll_seconds: float = 0.25) -> Iterator[Job]:
     """Queue ``request`` as ``job`` and yield the job whenever something happened (or every
     ``poll_seconds``) until it ends; the generator's return value is the result.
@@ -261,13 +262,12 @@ def follow_job(context: "EaselContext", request: GenerationRequest, job: Job,
     drive it with ``next`` and read ``StopIteration.value``. Raises :class:`QueueFullError`
     at once when the queue is full, and what the job raised when it failed.
     """
-    queue = context.job_queue()
-    queue.submit(request, job)
+    context.submit(request, job)  # the app context or an extension's facade: both submit and wait_for
     seen = 0
     while not job.done:
         seen += len(job.wait_events(seen, timeout=poll_seconds))
         yield job
-    return queue.wait(job)
+    return context.wait_for(job)
 
 
 def create_queue(context: "EaselContext") -> JobQueue:

@@ -91,12 +91,13 @@ def easel_tiny_pipeline() -> Callable[..., Any]:
 
 @pytest.fixture
 def easel_app(tmp_path) -> Callable[..., Any]:
-    """``easel_app(**AppOptions overrides)`` -> an :class:`webui.api.EaselContext` on temporary folders."""
+    """``easel_app(**AppOptions overrides)`` -> the :class:`webui.api.ExtensionContext` of an app on
+    temporary folders (what your hooks get as ``context``)."""
     from webui.app import create_context
 
     def factory(**overrides: Any):
         overrides.setdefault("model", "tiny")
-        return create_context(make_options(tmp_path, **overrides))
+        return create_context(make_options(tmp_path, **overrides)).for_extensions
 
     return factory
 
@@ -120,8 +121,9 @@ def easel_run_job() -> Callable[..., Any]:
 
 @pytest.fixture
 def easel_server(tmp_path) -> Iterator[Callable[..., dict[str, Any]]]:
-    """``easel_server(**AppOptions overrides)`` -> ``{"url", "context", "client"}``: a running server
-    and a connected ``gradio_client.Client``; every server is closed when the test ends."""
+    """``easel_server(**AppOptions overrides)`` -> ``{"url", "context", "client"}``: a running server, its
+    :class:`webui.api.ExtensionContext` and a connected ``gradio_client.Client``; every server is closed
+    when the test ends."""
     started = []
 
     def start(**overrides: Any) -> dict[str, Any]:
@@ -130,7 +132,7 @@ def easel_server(tmp_path) -> Iterator[Callable[..., dict[str, Any]]]:
         overrides.setdefault("model", "tiny")
         context, blocks, url = start_server(make_options(tmp_path / f"server{len(started)}", **overrides))
         started.append(blocks)
-        return {"url": url, "context": context, "blocks": blocks, "client": Client(url, verbose=False)}
+        return {"url": url, "context": context.for_extensions, "blocks": blocks, "client": Client(url, verbose=False)}
 
     yield start
     for blocks in started:

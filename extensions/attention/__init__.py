@@ -14,7 +14,7 @@ import importlib.util
 
 from webui.api import ExtensionError, Setting, denoiser_of, hookimpl, option_value
 
-EASEL_API_VERSION = "1.3"
+EASEL_API_VERSION = "2.0"
 REQUIREMENTS = ["xformers (optional, CUDA only)"]
 
 BACKENDS = ["sdpa", "xformers", "sliced"]

@@ -11,7 +11,7 @@ from webui.api import Setting, Tab, hookimpl
 
 from .tab import render_background_tab
 
-EASEL_API_VERSION = "1.4"
+EASEL_API_VERSION = "2.0"
 REQUIREMENTS = ["scipy>=1.10", "opencv-python-headless>=4.8,<5",
                 "groundingdino-py==0.4.0 (optional, install with --no-deps; see README.md)"]
 

@@ -20,7 +20,7 @@ import gradio as gr
 from webui.api import Tab, UIContext, check_requirement, hookimpl, pip_command, pip_command_text
 from webui.api import unmet_requirements as missing
 
-EASEL_API_VERSION = "1.4"
+EASEL_API_VERSION = "2.0"
 
 DISABLED_SETTING = "disabled_extensions"
 THIS_PAGE = "extensions_page"
@@ -43,6 +43,12 @@ def status_text(info, saved_at_start: set[str], saved_now: set[str]) -> str:
     return info.status
 
 
+def api_column(info) -> str:
+    """The API version an extension declares; "(1.x adapter)" when it is loaded through the adapter."""
+    declared = info.api_version or "none"
+    return f"{declared} (1.x adapter)" if getattr(info, "adapted", False) else (info.api_version or "-")
+
+
 def extension_rows(ui: UIContext) -> list[list[str]]:
     """One row per extension (see :data:`HEADERS`)."""
     context = ui.context
@@ -58,7 +64,7 @@ def extension_rows(ui: UIContext) -> list[list[str]]:
         rows.append([
             info.name,
             info.version or "-",
-            info.api_version or "-",
+            api_column(info),
             SOURCES.get(info.origin, info.origin),
             status_text(info, saved_at_start, saved_now),  # plain words: an emoji is a box without an emoji font
             "; ".join(status.describe() for status in statuses),

@@ -25,7 +25,7 @@ from typing import Any
 
 from webui.api import LORA_TAG, Control, ExtensionError, hookimpl, list_lora_files
 
-EASEL_API_VERSION = "1.4"  # list_lora_files / LORA_TAG (shared with the REST API)
+EASEL_API_VERSION = "2.0"
 
 TAG = LORA_TAG
 STATE_KEY = "lora"

@@ -7,7 +7,7 @@ folder (a full fine-tune above all) as one original-layout ``.safetensors`` chec
 AUTOMATIC1111, Forge and ComfyUI load. When a download or an export ends, the model lists of
 txt2img, img2img and Background show the new model.
 
-Built on the public API only (``webui.api`` 1.4): ``EaselContext.local_models``,
+Built on the public API only (``webui.api`` 2.0): ``ExtensionContext.local_models``,
 ``download_model``, ``export_model``, ``UIContext.refresh_model_lists_after``.
 """
 
@@ -26,7 +26,7 @@ from webui.api import (
     hookimpl,
 )
 
-EASEL_API_VERSION = "1.4"
+EASEL_API_VERSION = "2.0"
 HEADERS = ["Kind", "Name", "Size", "Family", "SHA-256", "Origin"]
 NOT_HASHED = "(Refresh computes it)"
 KIND_LABELS = {"checkpoint": "Checkpoint (Stable-diffusion/)", "lora": "LoRA (Lora/)", "vae": "VAE (VAE/)"}

@@ -32,7 +32,7 @@ from webui.api import (
     module_bytes,
 )
 
-EASEL_API_VERSION = "1.1"
+EASEL_API_VERSION = "2.0"
 
 MODES = ["none", "model", "sequential", "group-block", "group-leaf", "auto"]
 #: Activations and the CUDA context need room beside the weights (fraction of the weights).

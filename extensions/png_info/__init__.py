@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from webui.api import Tab, UIContext, hookimpl, parse_infotext, picked_image, read_image_text, resolve_sampler
 
-EASEL_API_VERSION = "1.3"
+EASEL_API_VERSION = "2.0"
 
 INFOTEXT_KEYS = ("parameters", "EXIF UserComment")
 LORA_TAG = re.compile(r"<lora:([^:>]+)(?::[^>]*)?>")

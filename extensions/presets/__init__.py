@@ -22,7 +22,7 @@ app's profile setting is left as it is, and the next job runs with it.
 
 from webui.api import Setting, hookimpl, option_value
 
-EASEL_API_VERSION = "1.4"  # out_of_memory answers with "settings" for the retried job only
+EASEL_API_VERSION = "2.0"
 
 PROFILES = ["custom", "medvram", "lowvram"]
 

@@ -22,7 +22,7 @@ import torch
 
 from webui.api import ExtensionError, Setting, denoiser_of, hookimpl, option_value
 
-EASEL_API_VERSION = "1.1"
+EASEL_API_VERSION = "2.0"
 REQUIREMENTS = ["optimum-quanto (int8 on CPU/CUDA)", "bitsandbytes (optional, CUDA only)"]
 
 METHODS = ["none", "quanto-int8", "bnb-nf4", "bnb-int8", "fp8-storage"]

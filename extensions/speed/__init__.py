@@ -12,7 +12,7 @@ import torch
 
 from webui.api import ExtensionError, Setting, denoiser_of, hookimpl, option_value
 
-EASEL_API_VERSION = "1.1"
+EASEL_API_VERSION = "2.0"
 
 
 @hookimpl

@@ -31,7 +31,7 @@ from webui.api import (
     FULL_OUTPUT_FORMATS,
     LR_SCHEDULERS,
     MIXED_PRECISION,
-    EaselContext,
+    ExtensionContext,
     Setting,
     Tab,
     TrainConfig,
@@ -45,7 +45,7 @@ from webui.api import (
 
 from .dataset_section import CaptionerCache, dataset_settings, render_dataset_section
 
-EASEL_API_VERSION = "1.4"
+EASEL_API_VERSION = "2.0"
 POLL_SECONDS = 1.0
 SCOPE = "train"
 # how a full fine-tune is saved (TrainConfig.full_output_format)
@@ -71,7 +71,7 @@ class TrainState:
     captioners: CaptionerCache = field(default_factory=CaptionerCache, repr=False)
 
 
-def train_state(context: EaselContext) -> TrainState:
+def train_state(context: ExtensionContext) -> TrainState:
     """This app's :class:`TrainState` (``context.extension_state["train"]``, made on first use)."""
     return context.extension_state.setdefault(SCOPE, TrainState())
 

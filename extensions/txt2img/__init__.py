@@ -4,7 +4,7 @@ from webui.api import Setting, Tab, hookimpl
 
 from .tab import render_txt2img_tab
 
-EASEL_API_VERSION = "1.4"  # generation_form.wire_generate (one extras dict)
+EASEL_API_VERSION = "2.0"
 
 
 @hookimpl

@@ -8,7 +8,7 @@ overlapping tiles, so it is not bit-exact; below the threshold the plain decoder
 
 from webui.api import ExtensionError, Setting, hookimpl, option_value
 
-EASEL_API_VERSION = "1.1"
+EASEL_API_VERSION = "2.0"
 
 
 @hookimpl

@@ -68,6 +68,9 @@ class LoadedModel:
     dtype: torch.dtype
     base_scheduler_config: dict
     placement_done: bool = False
+    """Set it True in ``configure_pipeline`` when your extension placed the pipeline's modules on
+    their devices itself (CPU offload, device maps): the manager then does not move the whole
+    pipeline to the device (API 2.0)."""
     extension_state: dict[str, Any] = field(default_factory=dict)
     _hash: str | None = None
     _hash_cache: HashCache | None = None

@@ -247,7 +247,7 @@ def job_updates(ui: "UIContext", request: GenerationRequest, holder: dict, show_
 
     context = ui.context
     job = Job()
-    job.message = f"Loading {request.model}…" if request.model not in context.pipelines.loaded_names() else ""
+    job.message = f"Loading {request.model}…" if request.model not in context.loaded_models() else ""
     holder["job"] = job
     follower = follow_job(context, request, job, poll_seconds=POLL_SECONDS)
     try:
@@ -324,7 +324,7 @@ def stop_job(ui: "UIContext", holder: dict, which: str) -> str:
     if which == "skip":
         job.skip()
         return "Skipping the current image…"
-    outcome = ui.context.job_queue().cancel(job)
+    outcome = ui.context.cancel(job)
     return "Cancelled: the job had not started." if outcome == "cancelled" else "Interrupting…"
 
 

@@ -99,7 +99,7 @@ def _render_settings(context: EaselContext) -> None:
 def build_blocks(context: EaselContext) -> gr.Blocks:
     """The whole UI. Tabs whose ``render`` raises show the error instead of taking the app down."""
     with gr.Blocks(title="Easel", analytics_enabled=False) as blocks:
-        ui = UIContext(context=context, blocks=blocks)
+        ui = UIContext(context=context.for_extensions, blocks=blocks)
         gr.Markdown(f"# Easel\nStable Diffusion on diffusers · v{__version__}", elem_id="easel-header")
         with gr.Tabs() as tabs:
             ui.tabs = tabs

@@ -6,7 +6,7 @@ it is not empty, the field ``Signed: <signature>`` to the infotext of every imag
 
 from webui.api import Setting, hookimpl
 
-EASEL_API_VERSION = "1.0"
+EASEL_API_VERSION = "2.0"
 SETTING = "hello_infotext.signature"
 
 
@@ -30,6 +30,6 @@ def infotext_fields(request, model):
 @hookimpl
 def before_generation(request, model, context):
     """Copy the signature setting into this job's ``extras`` (read by ``infotext_fields``)."""
-    signature = context.settings.get(SETTING, "")
+    signature = context.setting(SETTING, "")
     if signature:
         request.extras[SETTING] = signature

@@ -12,7 +12,7 @@ from typing import Any
 
 from webui.api import GenerationRequest, Job, QueueFullError, Tab, UIContext, follow_job, hookimpl
 
-EASEL_API_VERSION = "1.3"
+EASEL_API_VERSION = "2.0"
 
 #: The key of this extension's value in a job's ``request.extras``: "base+i".
 EXTRA_KEY = "seed_explorer.seed"
