@@ -42,6 +42,17 @@ NO_DEPS_TEST_PACKAGES = ("groundingdino-py==0.4.0",)
 BROWSER = "/usr/bin/chromium"
 
 
+def image_side_limit(text: str) -> int:
+    """``--max-size``: a multiple of 8 (the latents' factor) from 128 to 16384, else a clear refusal."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
+    if not 128 <= value <= 16384 or value % 8:
+        raise argparse.ArgumentTypeError(f"{value} is not a multiple of 8 from 128 to 16384")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="launch.py",
@@ -75,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                         help="weights dtype (auto: fp16/bf16 on GPUs, fp32 on the CPU)")
-    parser.add_argument("--max-size", type=int, default=2048, help="largest image side allowed (default 2048)")
+    parser.add_argument("--max-size", type=image_side_limit, default=2048,
+                        help="largest image side allowed: a multiple of 8 from 128 to 16384 (default 2048)")
     parser.add_argument("--medvram", action="store_true",
                         help="memory preset as in AUTOMATIC1111: model CPU offload (GPU), sliced attention, "
                              "VAE slicing and tiling above the threshold")

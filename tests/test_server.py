@@ -121,3 +121,22 @@ def test_extension_controls_reach_the_request_in_one_extras_dict(tmp_path):
         assert parameters(plain_client) == with_parameters == list(txt2img_args()) + ["extras"]
     finally:
         without.close()
+
+
+def test_max_size_must_be_a_usable_side_and_the_size_sliders_stay_inside_it(make_context, capsys):
+    from launch import parse_args
+    from webui.app import create_blocks
+
+    for refused in ("64", "1001", "abc", "20000"):
+        with pytest.raises(SystemExit):
+            parse_args(["--max-size", refused])
+        assert "--max-size" in capsys.readouterr().err
+    assert parse_args(["--max-size", "256"])[0].max_size == 256
+
+    context = make_context(max_side=256)
+    context.settings.remember("txt2img", {"width": 1024, "height": 192})  # saved under a larger --max-size
+    blocks = create_blocks(context)
+    sliders = {block.elem_id: block for block in blocks.blocks.values()
+               if getattr(block, "elem_id", None) in ("txt2img-width", "txt2img-height")}
+    assert sliders["txt2img-width"].maximum == 256 and sliders["txt2img-width"].value == 256
+    assert sliders["txt2img-height"].value == 192

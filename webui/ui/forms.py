@@ -130,10 +130,15 @@ def render_size(ui: "UIContext", tab_id: str, last: dict[str, Any], default_side
     """Width and height sliders (multiples of 8 up to the server's largest side)."""
     import gradio as gr
 
+    largest = max(128, ui.context.max_side)
+
+    def side(value: Any) -> int:  # a saved or default side the server no longer allows is brought inside
+        return min(max(int(value or default_side), 64), largest)
+
     with gr.Row():
-        width = gr.Slider(64, ui.context.max_side, value=last.get("width", default_side), step=8, label="Width",
+        width = gr.Slider(64, largest, value=side(last.get("width", default_side)), step=8, label="Width",
                           elem_id=f"{tab_id}-width")
-        height = gr.Slider(64, ui.context.max_side, value=last.get("height", default_side), step=8, label="Height",
+        height = gr.Slider(64, largest, value=side(last.get("height", default_side)), step=8, label="Height",
                            elem_id=f"{tab_id}-height")
     return width, height
 
