@@ -224,7 +224,10 @@ class GenerationResult:
 
 
 #: The kinds of :class:`Job` events, in the order a job can emit them.
-EVENT_KINDS = ("queued", "waiting", "started", "step", "image", "finished", "failed", "interrupted", "cancelled")
+#: ``dispatched`` (which worker runs it) and ``retried`` (its worker died, it runs again) come from
+#: the Ray Serve backend only (:mod:`webui.backends.ray_serve`).
+EVENT_KINDS = ("queued", "waiting", "started", "dispatched", "retried", "step", "image", "finished", "failed",
+               "interrupted", "cancelled")
 FINAL_EVENTS = ("finished", "failed", "interrupted", "cancelled")
 
 

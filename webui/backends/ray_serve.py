@@ -221,7 +221,6 @@ class RayServeBackend:
         forwarder = threading.Thread(target=self._forward_presses, args=(job, stop_forwarding), daemon=True,
                                      name=f"easel-ray-presses-{job.id[:8]}")
         forwarder.start()
-        shape: tuple[int, int, int] | None = None
         try:
             for event in response:
                 kind = event["kind"]
@@ -229,10 +228,9 @@ class RayServeBackend:
                     self._check_versions(event)
                     job.emit("dispatched", worker=event["replica"], pid=event["pid"], node=event["node"],
                              attempt=attempt)
+                elif kind == "image_started":
+                    job.start_image(event["image"], event["images"], event["steps"])
                 elif kind == "step":
-                    if shape != (event["image"], event["images"], event["steps"]):
-                        shape = (event["image"], event["images"], event["steps"])
-                        job.start_image(*shape)
                     preview = png_to_image(event["preview"]) if event.get("preview") else None
                     job.step(event["step"], preview)
                 elif kind == "error":

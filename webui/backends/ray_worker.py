@@ -11,6 +11,7 @@ events back (see :func:`wire_event`):
 
 * ``hello``: the replica's id, process id, node, Easel version and extension versions
   (the front refuses a replica whose versions differ from its own);
+* ``image_started``: ``image``/``images``/``steps`` when an image (a batch) starts;
 * ``step``: ``step``/``steps``/``image``/``images`` and, every few steps, ``preview`` (PNG bytes);
 * ``result``: every image as PNG bytes with its seed and infotext, ``interrupted``,
   ``skipped``, ``seconds``; or ``error``: ``type`` and ``message`` of what the job raised.
@@ -95,6 +96,19 @@ def wire_event(job: Any, event: dict[str, Any]) -> dict[str, Any] | None:
     return {"kind": "step", **data}
 
 
+def streamed_job(job_id: str, on_start_image: Any) -> Any:
+    """A :class:`webui.jobs.Job` that also calls ``on_start_image(index, images, steps)`` when an image starts
+    (the front's progress shows the step count before the first step, as a local job's does)."""
+    from webui.jobs import Job
+
+    class _Job(Job):
+        def start_image(self, index: int, total_images: int, total_steps: int) -> None:
+            super().start_image(index, total_images, total_steps)
+            on_start_image(index, total_images, total_steps)
+
+    return _Job(job_id)
+
+
 def build_worker_context(config: dict[str, Any]) -> Any:
     """The replica's own app context, from the front's :func:`webui.backends.ray_serve.worker_config`."""
     from webui.app import AppOptions, create_context
@@ -146,10 +160,18 @@ class EaselWorker:
     async def run(self, request_data: dict[str, Any], job_id: str) -> AsyncIterator[dict[str, Any]]:
         """Run one job and stream its events (see the module's docstring)."""
         from webui.generation import run_generation
-        from webui.jobs import GenerationRequest, Job
+        from webui.jobs import GenerationRequest, Job  # noqa: F401 - Job: the listener's type
 
         yield {"kind": "hello", **self.describe()}
-        job = Job(job_id)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        def image_started(index: int, images: int, steps: int) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, {"kind": "image_started", "image": index,
+                                                          "images": images, "steps": steps})
+
+        job = streamed_job(job_id, image_started)
         watcher = asyncio.create_task(self._follow_signals(job))
         try:
             try:
@@ -159,9 +181,6 @@ class EaselWorker:
             except Exception as exc:  # noqa: BLE001 - reported to the front as the job's error
                 yield {"kind": "error", "type": type(exc).__name__, "message": str(exc)}
                 return
-            loop = asyncio.get_running_loop()
-            events: asyncio.Queue = asyncio.Queue()
-            done = object()
 
             def forward(job_: Job, event: dict[str, Any]) -> None:
                 wired = wire_event(job_, event)
