@@ -99,3 +99,30 @@ def test_a_queue_closes_its_backend():
     queue = JobQueue(lambda request, job: GenerationResult(), on_close=lambda: closed.append(True))
     queue.close()
     assert closed == [True]
+
+
+LOCAL_CLUSTER_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+from webui.backends import bind_ray_to_localhost
+assert bind_ray_to_localhost()
+from webui.backends.ray_serve import connect
+import ray
+assert connect("local", num_cpus=1)
+try:
+    print("node", ray.util.get_node_ip_address(), "gcs", ray.get_runtime_context().gcs_address)
+finally:
+    ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_ray_cluster_easel_starts_listens_on_localhost_only(tmp_path):
+    pytest.importorskip("ray", reason="ray[serve] is not installed (requirements-ray.txt)")
+    env = {key: value for key, value in __import__("os").environ.items() if not key.startswith("RAY_")}
+    completed = subprocess.run([sys.executable, "-c", LOCAL_CLUSTER_SCRIPT.format(root=str(ROOT))],
+                               capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = next(line for line in completed.stdout.splitlines() if line.startswith("node "))
+    _, node, _, gcs = line.split()
+    assert node == "127.0.0.1" and gcs.startswith("127.0.0.1:"), line

@@ -26,6 +26,9 @@ Two backends exist:
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -33,6 +36,32 @@ if TYPE_CHECKING:
     from webui.jobs import GenerationRequest, GenerationResult, Job
 
 BACKENDS = ("local", "ray")
+#: Ray's switch for single-machine clusters (named for Windows and macOS, where it is the default): with it
+#: off, every Ray process of a cluster started here listens on 127.0.0.1 only. Without it, on Linux, the
+#: GCS server, the raylet and the workers listen on all interfaces (measured with ``ss -ltnp``, Ray 2.60).
+RAY_SINGLE_MACHINE_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+log = logging.getLogger(__name__)
+
+
+def bind_ray_to_localhost() -> bool:
+    """Make the Ray cluster this process starts listen on 127.0.0.1 only; False when it is too late.
+
+    Ray reads the switch when it is first imported, so it must be set before ``import ray``
+    (its processes inherit it). Anyone who reaches Ray's ports can run code as this user.
+    """
+    if os.environ.get(RAY_SINGLE_MACHINE_SWITCH) not in (None, "0"):
+        log.warning("%s is set: the Ray cluster may listen beyond this machine", RAY_SINGLE_MACHINE_SWITCH)
+        return False
+    os.environ[RAY_SINGLE_MACHINE_SWITCH] = "0"
+    if "ray" in sys.modules:
+        from ray._private import ray_constants
+
+        if ray_constants.ENABLE_RAY_CLUSTER:
+            log.warning("ray was imported before Easel could make it listen on 127.0.0.1 only: the cluster it "
+                        "starts listens on every interface")
+            return False
+    return True
 
 
 class Backend(Protocol):
@@ -62,6 +91,8 @@ def create_backend(context: "EaselContext", kind: str = "local", **options: Any)
 
         return InProcessBackend(context)
     if kind == "ray":
+        if options.get("address", "local") == "local":
+            bind_ray_to_localhost()
         from webui.backends.ray_serve import RayServeBackend
 
         return RayServeBackend(context, **options)

@@ -113,8 +113,8 @@ def connect(address: str = "local", num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     if address == "local":
-        ray.init(num_cpus=num_cpus, include_dashboard=False, namespace=NAMESPACE, _node_ip_address="127.0.0.1",
-                 log_to_driver=False)
+        # 127.0.0.1 only: see webui.backends.bind_ray_to_localhost (create_backend calls it before importing ray)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
         return True
     ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
     return False
