@@ -126,3 +126,14 @@ def test_a_ray_cluster_easel_starts_listens_on_localhost_only(tmp_path):
     line = next(line for line in completed.stdout.splitlines() if line.startswith("node "))
     _, node, _, gcs = line.split()
     assert node == "127.0.0.1" and gcs.startswith("127.0.0.1:"), line
+
+
+def test_the_backend_flags_reach_the_app_options():
+    import launch
+    from webui.server import options_from_args
+
+    default = options_from_args(launch.parse_args([])[0])
+    assert (default.backend, default.ray_address, default.workers) == ("local", "local", 1)
+    args, _ = launch.parse_args(["--backend", "ray", "--ray-address", "10.0.0.5:6379", "--workers", "3"])
+    options = options_from_args(args)
+    assert (options.backend, options.ray_address, options.workers) == ("ray", "10.0.0.5:6379", 3)
