@@ -137,3 +137,14 @@ def test_the_backend_flags_reach_the_app_options():
     args, _ = launch.parse_args(["--backend", "ray", "--ray-address", "10.0.0.5:6379", "--workers", "3"])
     options = options_from_args(args)
     assert (options.backend, options.ray_address, options.workers) == ("ray", "10.0.0.5:6379", 3)
+
+
+def test_the_progress_line_says_when_a_job_was_retried_on_another_worker():
+    job = Job()
+    job.emit("started")
+    job.start_image(0, 1, 10)
+    job.step(3)
+    assert "retried" not in job.progress_text()
+    job.message = "retried: the worker running this job stopped (ActorDiedError); running again on another worker"
+    assert job.progress_text().startswith("Image 1/1 · step 3/10")
+    assert "retried: the worker running this job stopped" in job.progress_text()

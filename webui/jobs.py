@@ -409,7 +409,10 @@ class Job:
                     f"Queued: {ahead} job{'s' if ahead != 1 else ''} ahead of yours")
         if not snap["steps"]:
             return snap["message"] or "Waiting…"
-        return (
+        text = (
             f"Image {snap['image'] + 1}/{max(snap['images'], 1)} · step {snap['step']}/{snap['steps']}"
             f" · {snap['elapsed']:.1f}s"
         )
+        if snap["message"].startswith("retried: "):  # its worker died; it runs again (Ray backend)
+            text += f" · {snap['message']}"
+        return text
