@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from webui.backends import bind_ray_to_localhost  # noqa: E402
+
+bind_ray_to_localhost()  # before ray is imported: the module's cluster listens on 127.0.0.1 only
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed (requirements-ray.txt)")
 
 from webui.generation import run_generation  # noqa: E402
@@ -193,6 +196,21 @@ def test_interrupt_stops_a_job_within_one_step_and_the_worker_goes_on(app):
     after = queue.wait(queue.submit(GenerationRequest(**FAST, model="tiny", seed=12, save=False)), timeout=300)
     assert np.array_equal(pixels(after.images[0].image),
                           pixels(in_process(app, GenerationRequest(**FAST, model="tiny", seed=12)).images[0].image))
+
+
+def test_skip_ends_the_current_image_within_one_step_and_the_job_goes_on(app):
+    queue = app.job_queue()
+    job = queue.submit(slow(0.3, steps=6, seed=31, batch_count=2))
+    wait_for(job, lambda event: event["kind"] == "step" and event["image"] == 0 and event["step"] >= 2)
+    pressed_at = job.snapshot()["step"]
+    job.skip()
+    result = queue.wait(job, timeout=120)
+    steps = [event for event in job.events() if event["kind"] == "step"]
+    first = max(event["step"] for event in steps if event["image"] == 0)
+    second = [event["step"] for event in steps if event["image"] == 1]
+    assert first <= pressed_at + 1, f"pressed after step {pressed_at}, image 1 went on to step {first}"
+    assert second == [1, 2, 3, 4, 5, 6], "the next image runs in full"
+    assert job.status == "finished" and result.skipped == 1 and len(result.images) == 2
 
 
 def test_a_job_whose_worker_is_killed_mid_job_completes_on_the_other_worker(app):
