@@ -2,7 +2,7 @@
 replicas, and the per-job dispatch overhead (front -> replica -> front) against in process.
 
     python3 -m tools.bench.ray_backend [--model tiny] [--size 64] [--steps 8] [--jobs 16]
-                                       [--num-cpus 2] [--replica-cpus 0.5] [--torch-threads N]
+                                       [--num-cpus 2] [--replica-cpus 0.5] [--threads N]
 
 Throughput: ``--jobs`` jobs are queued at once and timed from the first submit to the last
 result (after one warm-up job per replica, so every replica has loaded the model).
@@ -68,15 +68,21 @@ def main() -> None:
     parser.add_argument("--overhead-runs", type=int, default=15)
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the private Ray cluster")
     parser.add_argument("--replica-cpus", type=float, default=0.5, help="CPUs each replica reserves")
-    parser.add_argument("--torch-threads", type=int, default=None,
-                        help="PyTorch threads per replica (default: the front's, for bit-identical images)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PyTorch CPU threads of the in-process backend and of each replica (default: "
+                             "PyTorch's own choice in this process, and the same in the replicas)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from webui.app import create_context
     from webui.backends import bind_ray_to_localhost
     from webui.testing import make_options
 
     bind_ray_to_localhost()
+    load_before = os.getloadavg()
     import ray
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, namespace="easel", log_to_driver=False)
@@ -87,7 +93,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for label, backend, workers in (("in process", "local", 1), ("Ray Serve, 1 replica", "ray", 1),
                                         ("Ray Serve, 2 replicas", "ray", 2)):
-            backend_options = ({"replica_cpus": args.replica_cpus, "torch_threads": args.torch_threads,
+            backend_options = ({"replica_cpus": args.replica_cpus, "torch_threads": args.threads,
                                 "app_name": f"easel-bench-{workers}"} if backend == "ray" else {})
             started = time.perf_counter()
             context = create_context(make_options(Path(tmp) / f"{backend}{workers}", model=args.model,
@@ -110,6 +116,10 @@ def main() -> None:
     for label, per_minute, ready in rows:
         print(f"| {label} | {per_minute:.1f} | {ready:.1f} |")
     print()
+    import torch
+
+    print(f"PyTorch CPU threads in process and per replica: {torch.get_num_threads()}; "
+          f"load average before/after: {load_before} / {os.getloadavg()}")
     print(f"Per-job wall time, one-step 64 px jobs one at a time (median of {args.overhead_runs}): in process "
           f"{overhead['local'] * 1000:.0f} ms, one Ray Serve replica {overhead['ray'] * 1000:.0f} ms; "
           f"dispatch overhead {(overhead['ray'] - overhead['local']) * 1000:.0f} ms per job.")

@@ -50,6 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 #: How often the number of running replicas is read from Serve, and Interrupt / Skip presses forwarded.
 CAPACITY_POLL_SECONDS = 1.0
 PRESS_POLL_SECONDS = 0.02
+RETRY_PAUSE_SECONDS = 1.0
 #: Options of the app that the replicas take over (folders of models and extensions, device, precision, ...).
 REPLICA_OPTION_FIELDS = ("models_dir", "extensions_dir", "extra_extension_dirs", "device", "precision", "model",
                          "max_side", "max_loaded", "allow_pickle", "entry_points", "disabled_extensions",
@@ -194,6 +195,7 @@ class RayServeBackend:
                 if attempt >= self.max_attempts or job.interrupted:
                     raise GenerationError(f"{lost} (after {attempt} attempts)") from lost
                 attempt += 1
+                time.sleep(RETRY_PAUSE_SECONDS)  # Serve notices the dead replica and routes around it
                 job.message = f"retried: {lost}; running again on another worker (attempt {attempt})"
                 log.warning("Job %s: %s", job.id, job.message)
                 job.emit("retried", attempt=attempt, message=str(lost))
