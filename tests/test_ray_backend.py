@@ -231,6 +231,21 @@ def test_a_job_whose_worker_is_killed_mid_job_completes_on_the_other_worker(app)
     assert np.array_equal(pixels(result.images[0].image), pixels(in_process(app, request).images[0].image))
 
 
+def test_a_job_fails_with_the_reason_when_its_worker_runs_other_versions(app):
+    if app.backend_kind != "ray":
+        pytest.skip("only remote workers can run other versions")
+    backend = app.job_queue()._run.__self__
+    front = backend.expected_versions
+    backend.expected_versions = {**front, "extensions": {**front["extensions"], "slow_steps": "2.0"}}
+    try:
+        job = app.job_queue().submit(GenerationRequest(**FAST, model="tiny", seed=41, save=False))
+        with pytest.raises(Exception, match=r"refused: it runs extension slow_steps 1.0 \(the front runs 2.0\)"):
+            app.job_queue().wait(job, timeout=120)
+        assert job.status == "failed"
+    finally:
+        backend.expected_versions = front
+
+
 def test_a_worker_with_other_versions_is_refused_with_the_reason():
     from webui.backends.ray_serve import RayServeBackend, WorkerRefusedError, version_differences
 
