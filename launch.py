@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 REQUIREMENTS = ROOT / "requirements.txt"
 TEST_REQUIREMENTS = ROOT / "requirements-test.txt"
+# The Ray Serve backend's own requirements (--backend ray, and the test suite's Ray tests).
+RAY_REQUIREMENTS = ROOT / "requirements-ray.txt"
 # Exact versions of everything the test suite last passed with (pip constraints); rewritten
 # only by `python -m tools.update_versions` after the suite passes on the newest versions.
 TESTED_VERSIONS = ROOT / "requirements-versions.txt"
@@ -106,6 +108,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--allow-extension-install", action="store_true",
                         help="offer the Extensions page's 'Install requirements' button even when serving beyond "
                              "this machine (it is offered on 127.0.0.1 only by default)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="where image jobs run: local (this process, the default) or ray (Ray Serve workers, "
+                             "one per GPU; installs requirements-ray.txt)")
+    parser.add_argument("--ray-address", default="local", metavar="local|auto|HOST:PORT",
+                        help="with --backend ray: start a private cluster on 127.0.0.1 (local, the default), join "
+                             "the cluster `ray start` made on this machine (auto) or the one at HOST:PORT "
+                             "(set RAY_AUTH_MODE=token and the cluster's token first)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="with --backend ray: how many workers (Serve replicas; one GPU each where there are GPUs)")
     parser.add_argument("--skip-install", action="store_true", help="do not check or install requirements")
     parser.add_argument("--test", action="store_true",
                         help="set up, then run the test suite; arguments after -- go to pytest")
@@ -290,6 +301,17 @@ def install_requirements(files: list[Path]) -> None:
               f"{' '.join('-r ' + path.name for path in files)}", flush=True)
 
 
+def requirement_files(args: argparse.Namespace) -> list[Path]:
+    """What this run needs: requirements.txt; the test suite's own for ``--test``; Ray Serve's
+    (``requirements-ray.txt``) only for ``--backend ray`` and the test suite (its Ray tests)."""
+    files = [REQUIREMENTS]
+    if args.test:
+        files.append(TEST_REQUIREMENTS)
+    if args.test or args.backend == "ray":
+        files.append(RAY_REQUIREMENTS)
+    return files
+
+
 def install_without_dependencies(requirements: list[str]) -> None:
     """pip-install packages whose declared dependencies must not be pulled in."""
     missing = _unsatisfied(requirements)
@@ -338,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parse_args(argv)
     if not args.skip_install:
         ensure_usable_interpreter()
-        files = [REQUIREMENTS] + ([TEST_REQUIREMENTS] if args.test else [])
+        files = requirement_files(args)
         install_requirements(files)
         if args.test:
             install_without_dependencies(list(NO_DEPS_TEST_PACKAGES))

@@ -25,7 +25,7 @@ def test_every_requirement_has_a_tested_exact_version_inside_its_range():
     pins = launch.tested_versions()
     assert pins, "requirements-versions.txt is missing or pins nothing for this Python"
     requirements = (_requirements(launch.REQUIREMENTS) + _requirements(launch.TEST_REQUIREMENTS)
-                    + [Requirement(line) for line in launch.NO_DEPS_TEST_PACKAGES])
+                    + _requirements(launch.RAY_REQUIREMENTS) + [Requirement(line) for line in launch.NO_DEPS_TEST_PACKAGES])
     problems = []
     for requirement in requirements:
         key = launch.canonical_name(requirement.name)
@@ -123,6 +123,17 @@ def test_a_missing_package_is_installed_with_the_tested_versions_as_constraints(
     assert command[command.index("-r") + 1] == str(requirements)
     assert "surely-not-installed-easel-package==1.2.3" in constraints
     assert "torch==2.9.0+cu126" in constraints
+
+
+def test_ray_serve_is_installed_only_for_the_ray_backend_and_the_test_suite():
+    def files(*argv):
+        return launch.requirement_files(launch.parse_args(list(argv))[0])
+
+    assert files() == [launch.REQUIREMENTS]
+    assert files("--backend", "local") == [launch.REQUIREMENTS]
+    assert files("--backend", "ray", "--workers", "2") == [launch.REQUIREMENTS, launch.RAY_REQUIREMENTS]
+    assert files("--test") == [launch.REQUIREMENTS, launch.TEST_REQUIREMENTS, launch.RAY_REQUIREMENTS]
+    assert [line.split(">")[0] for line in launch._requirement_lines(launch.RAY_REQUIREMENTS)] == ["ray[serve]"]
 
 
 @pytest.mark.parametrize("requires_python, marker", [

@@ -108,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-venv", action="store_true", help="do not delete the venv afterwards")
     parser.add_argument("--output", type=Path, default=launch.TESTED_VERSIONS, help="the constraints file to rewrite")
     parser.add_argument("--requirements", type=Path, action="append",
-                        help="a requirements file to install (may be repeated; default: requirements.txt and "
-                             "requirements-test.txt)")
+                        help="a requirements file to install (may be repeated; default: requirements.txt, "
+                             "requirements-test.txt and requirements-ray.txt)")
     parser.add_argument("--no-deps", action="append", metavar="REQUIREMENT",
                         help="a package installed without its dependencies (\"\" for none; default: "
                              f"{', '.join(launch.NO_DEPS_TEST_PACKAGES)})")
     args = parser.parse_args(argv)
-    requirement_files = args.requirements or [launch.REQUIREMENTS, launch.TEST_REQUIREMENTS]
+    requirement_files = args.requirements or [launch.REQUIREMENTS, launch.TEST_REQUIREMENTS, launch.RAY_REQUIREMENTS]
     no_deps = [item for item in (launch.NO_DEPS_TEST_PACKAGES if args.no_deps is None else args.no_deps) if item]
 
     work = Path(tempfile.mkdtemp(prefix="easel-update-versions-"))

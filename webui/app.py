@@ -46,6 +46,12 @@ class AppOptions:
     disabled_extensions: set[str] = field(default_factory=set)
     extra_plugins: dict[str, object] = field(default_factory=dict)  # name -> already imported extension
     setting_overrides: dict[str, object] = field(default_factory=dict)  # flags like --medvram, not saved
+    backend: str = "local"
+    """Where jobs run (:mod:`webui.backends`): ``local`` (this process) or ``ray`` (Ray Serve workers)."""
+    ray_address: str = "local"  # --ray-address: local (start a private cluster), auto, or HOST:PORT
+    workers: int = 1  # --workers: Ray Serve replicas (one per GPU)
+    backend_options: dict[str, object] = field(default_factory=dict)
+    """More options of the backend (e.g. ``replica_cpus`` for CPU replicas; see RayServeBackend)."""
 
 
 def download_policy(options: AppOptions):
@@ -56,6 +62,16 @@ def download_policy(options: AppOptions):
                           allow_without_auth=options.allow_downloads,
                           allow_private_addresses=options.allow_lan_downloads, allow_http=options.allow_lan_downloads,
                           allow_pickle=options.allow_pickle)
+
+
+def backend_of(context: EaselContext, options: AppOptions):
+    """The backend the options ask for; the default (``local``) never imports ``ray``."""
+    from webui.backends import create_backend
+
+    if options.backend == "local":
+        return create_backend(context)
+    return create_backend(context, options.backend, app_options=options, address=options.ray_address,
+                          workers=options.workers, **options.backend_options)
 
 
 def create_context(options: AppOptions) -> EaselContext:
@@ -107,7 +123,7 @@ def create_context(options: AppOptions) -> EaselContext:
         download_policy=download_policy(options),
         extension_install_allowed=options.allow_extension_install,
     )
-    context.queue = create_queue(context)
+    context.queue = create_queue(context, backend=backend_of(context, options))
     context_holder.append(context)
     plugins.call("app_started", context=context)
     try:  # REST jobs that were queued or running when the last process stopped

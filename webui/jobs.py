@@ -224,7 +224,10 @@ class GenerationResult:
 
 
 #: The kinds of :class:`Job` events, in the order a job can emit them.
-EVENT_KINDS = ("queued", "waiting", "started", "step", "image", "finished", "failed", "interrupted", "cancelled")
+#: ``dispatched`` (which worker runs it) and ``retried`` (its worker died, it runs again) come from
+#: the Ray Serve backend only (:mod:`webui.backends.ray_serve`).
+EVENT_KINDS = ("queued", "waiting", "started", "dispatched", "retried", "step", "image", "finished", "failed",
+               "interrupted", "cancelled")
 FINAL_EVENTS = ("finished", "failed", "interrupted", "cancelled")
 
 
@@ -419,7 +422,10 @@ class Job:
                     f"Queued: {ahead} job{'s' if ahead != 1 else ''} ahead of yours")
         if not snap["steps"]:
             return snap["message"] or "Waiting…"
-        return (
+        text = (
             f"Image {snap['image'] + 1}/{max(snap['images'], 1)} · step {snap['step']}/{snap['steps']}"
             f" · {snap['elapsed']:.1f}s"
         )
+        if snap["message"].startswith("retried: "):  # its worker died; it runs again (Ray backend)
+            text += f" · {snap['message']}"
+        return text

@@ -1,7 +1,10 @@
 """The job queue of a device: every image job waits here, first in first out.
 
 One worker thread owns the device and runs the jobs one after the other through the one
-generation path (:func:`webui.generation.run_generation`). Callers — the txt2img, img2img
+generation path (:func:`webui.generation.run_generation`), or, with a backend of several
+workers (:mod:`webui.backends`, e.g. Ray Serve replicas), one thread per free worker: a job
+is handed out only when a worker is free (``slots``), so the queue keeps the order,
+the positions and the cancelling whatever runs the jobs. Callers — the txt2img, img2img
 and Background tabs, the REST routes, the tests — :meth:`JobQueue.submit` a request and
 follow the job's events (:meth:`webui.jobs.Job.wait_events`) or :meth:`JobQueue.wait` for
 its result. A job from a second caller waits its turn and knows its place in line.
@@ -26,6 +29,7 @@ from webui.errors import EaselError
 from webui.jobs import GenerationRequest, GenerationResult, Job
 
 if TYPE_CHECKING:
+    from webui.backends import Backend
     from webui.context import EaselContext
     from webui.extension_context import ExtensionContext
 
@@ -51,8 +55,14 @@ class JobQueue:
 
     def __init__(self, run: Callable[[GenerationRequest, Job], GenerationResult],
                  limit: Callable[[], int] | int = DEFAULT_LIMIT, name: str = "easel-queue",
-                 device_in_use: Callable[[], str | None] | None = None) -> None:
+                 device_in_use: Callable[[], str | None] | None = None,
+                 slots: Callable[[], int] | int = 1, on_close: Callable[[], None] | None = None) -> None:
+        """``slots``: how many jobs may run at once (a backend's free plus busy workers; read
+        often, so it must answer at once); ``on_close`` runs when the queue closes (the backend's
+        ``close``)."""
         self._run = run
+        self._slots = slots
+        self._on_close = on_close
         self._limit = limit
         self._device_in_use = device_in_use or (lambda: None)
         self._name = name
@@ -60,8 +70,8 @@ class JobQueue:
         self._wakeup = threading.Condition(self._lock)
         self._pending: collections.deque[tuple[Job, GenerationRequest]] = collections.deque()
         self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
-        self._running: Job | None = None
-        self._worker: threading.Thread | None = None
+        self._running: list[Job] = []  # oldest first
+        self._workers: set[threading.Thread] = set()
         self._closed = False
 
     # --- submitting and following ------------------------------------------------------
@@ -69,6 +79,15 @@ class JobQueue:
     @property
     def limit(self) -> int:
         return int(self._limit() if callable(self._limit) else self._limit)
+
+    @property
+    def slots(self) -> int:
+        """How many jobs may run at once now (1 for the in-process backend)."""
+        try:
+            return max(0, int(self._slots() if callable(self._slots) else self._slots))
+        except Exception:  # noqa: BLE001 - a backend that cannot tell runs nothing until it can
+            log.exception("Could not read the number of free workers")
+            return 0
 
     def submit(self, request: GenerationRequest, job: Job | None = None, *, over_limit: bool = False) -> Job:
         """Queue ``request``; returns its :class:`Job` at once. Raises :class:`QueueFullError` when full.
@@ -87,7 +106,7 @@ class JobQueue:
             self._pending.append((job, request))
             self._jobs[job.id] = job
             self._forget_old_jobs()
-            self._ensure_worker()
+            self._ensure_workers()
             self._wakeup.notify_all()
         self._announce_positions()
         return job
@@ -139,9 +158,11 @@ class JobQueue:
         return job.status
 
     def snapshot(self) -> dict[str, Any]:
-        """What runs and what waits: ``{"running": id or None, "waiting": [ids], "limit": n}``."""
+        """What runs and what waits: ``{"running": oldest running id or None, "running_jobs": [ids],
+        "waiting": [ids], "limit": n}``."""
         with self._lock:
-            return {"running": self._running.id if self._running else None,
+            return {"running": self._running[0].id if self._running else None,
+                    "running_jobs": [job.id for job in self._running],
                     "waiting": [job.id for job, _ in self._pending], "limit": self.limit}
 
     def close(self) -> None:
@@ -157,6 +178,8 @@ class JobQueue:
             self._wakeup.notify_all()
         for job, _ in pending:
             job.emit("cancelled", message="The server stopped before the job started", shutdown=True)
+        if self._on_close is not None:
+            self._on_close()
 
     # --- the worker --------------------------------------------------------------------
 
@@ -166,15 +189,18 @@ class JobQueue:
         for job_id in ended[: max(0, len(ended) - HISTORY)]:
             del self._jobs[job_id]
 
-    def _ensure_worker(self) -> None:
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._work, name=self._name, daemon=True)
-            self._worker._easel_queue = self  # lets generate() know its own worker after the thread ends
-            self._worker.start()
+    def _ensure_workers(self) -> None:
+        """Start worker threads (the caller holds the lock): one per job that could run now, at least one."""
+        wanted = max(1, min(self.slots, len(self._pending) + len(self._running)))
+        while len(self._workers) < wanted:
+            worker = threading.Thread(target=self._work, name=f"{self._name}-{len(self._workers)}", daemon=True)
+            worker._easel_queue = self  # lets generate() know its own worker after the thread ends
+            self._workers.add(worker)
+            worker.start()
 
     def _announce_positions(self) -> None:
         with self._lock:
-            ahead = 1 if self._running is not None else 0
+            ahead = 1 if self._running else 0
             places = [(job, ahead + index + 1) for index, (job, _) in enumerate(self._pending)]
         for job, position in places:
             job.set_position(position)
@@ -207,31 +233,63 @@ class JobQueue:
         with self._lock:
             return [job for job, _ in self._pending]
 
-    def _work(self) -> None:
+    def _take_next(self) -> tuple[Job, GenerationRequest] | None:
+        """The next job once a worker slot is free (the caller holds the lock); None: this thread ends.
+
+        A thread ends when it has been idle for ``IDLE_SECONDS`` (the next submit starts a new
+        one, so an app that is no longer used does not keep its models alive through it), when
+        the queue is closed, or when there are more threads than slots (a worker went away).
+        """
+        idle = False
         while True:
-            with self._lock:
-                has_work = bool(self._pending)
-            if has_work:
-                self._wait_for_the_device()
-            with self._lock:
-                if not self._pending and not self._closed:
-                    self._wakeup.wait(IDLE_SECONDS)
-                if not self._pending:
-                    # idle (or closed): the thread ends, and the next submit starts a new one, so an
-                    # app that is no longer used does not keep its models alive through this thread
-                    self._worker = None
-                    return
+            slots = self.slots
+            if self._pending and len(self._running) < slots:
                 job, request = self._pending.popleft()
-                self._running = job
-            job.set_position(1)  # taken before its submitter announced its place: it still begins with "queued"
-            job.leave_queue()
-            self._announce_positions()
-            try:
-                self._run_one(job, request)
-            finally:
+                self._running.append(job)
+                self._ensure_workers_if_needed()  # more free slots than threads (workers came up): one more
+                return job, request
+            if self._closed or len(self._workers) > max(slots, 1):
+                return None
+            if not self._pending:
+                if idle:
+                    return None
+                idle = True
+                self._wakeup.wait(IDLE_SECONDS)
+            else:  # every worker is busy (or none is up yet): look again when a job ends, or soon
+                idle = False
+                self._wakeup.wait(DEVICE_POLL_SECONDS)
+
+    def _work(self) -> None:
+        try:
+            while True:
                 with self._lock:
-                    self._running = None
+                    has_work = bool(self._pending)
+                if has_work:
+                    self._wait_for_the_device()
+                with self._lock:
+                    taken = self._take_next()
+                    if taken is None:
+                        return
+                job, request = taken
+                job.set_position(1)  # taken before its submitter announced its place: it still begins with "queued"
+                job.leave_queue()
                 self._announce_positions()
+                try:
+                    self._run_one(job, request)
+                finally:
+                    with self._lock:
+                        self._running.remove(job)
+                        self._ensure_workers_if_needed()
+                        self._wakeup.notify_all()
+                    self._announce_positions()
+        finally:
+            with self._lock:
+                self._workers.discard(threading.current_thread())
+
+    def _ensure_workers_if_needed(self) -> None:
+        """After a job: more threads when more slots came up while jobs wait (the caller holds the lock)."""
+        if self._pending and not self._closed:
+            self._ensure_workers()
 
     def _run_one(self, job: Job, request: GenerationRequest) -> None:
         if job.interrupted:  # interrupted while it waited: it never starts
@@ -270,9 +328,13 @@ def follow_job(context: "ExtensionContext | EaselContext", request: GenerationRe
     return context.wait_for(job)
 
 
-def create_queue(context: "EaselContext") -> JobQueue:
-    """The queue of the context's device, running jobs through the one generation path."""
-    from webui.generation import run_generation
+def create_queue(context: "EaselContext", backend: "Backend | None" = None) -> JobQueue:
+    """The queue of the context's device, running jobs through ``backend`` (default: in process,
+    the one generation path on the queue's thread; see :mod:`webui.backends`)."""
+    if backend is None:
+        from webui.backends.local import InProcessBackend
+
+        backend = InProcessBackend(context)
 
     def limit() -> int:
         try:
@@ -280,5 +342,5 @@ def create_queue(context: "EaselContext") -> JobQueue:
         except (TypeError, ValueError):
             return DEFAULT_LIMIT
 
-    return JobQueue(lambda request, job: run_generation(context, request, job), limit=limit,
-                    name=f"easel-queue-{context.pipelines.device}", device_in_use=context.device_in_use)
+    return JobQueue(backend.run, limit=limit, name=f"easel-queue-{context.pipelines.device}",
+                    device_in_use=context.device_in_use, slots=backend.capacity, on_close=backend.close)

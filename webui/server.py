@@ -35,6 +35,9 @@ def options_from_args(args: Any) -> AppOptions:
         allow_extension_install=bool(getattr(args, "allow_extension_install", False)) or not listening,
         disabled_extensions=set(args.disable_extension),
         setting_overrides=memory_overrides(args),
+        backend=getattr(args, "backend", "local"),
+        ray_address=getattr(args, "ray_address", "local"),
+        workers=int(getattr(args, "workers", 1)),
     )
 
 
