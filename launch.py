@@ -42,6 +42,10 @@ TORCH_PACKAGES = ("torch", "torchvision", "torchaudio")
 # clash with opencv-python-headless); what they really need is in requirements-test.txt.
 NO_DEPS_TEST_PACKAGES = ("groundingdino-py==0.4.0",)
 BROWSER = "/usr/bin/chromium"
+# --no-compile: pip would byte-compile every installed module (about 18,000 files, over a minute
+# of one core in a fresh environment); Python compiles the modules Easel imports on first use
+# and caches them beside the sources as usual.
+PIP_OPTIONS = ("--disable-pip-version-check", "--no-compile")
 
 
 def image_side_limit(text: str) -> int:
@@ -283,7 +287,7 @@ def install_requirements(files: list[Path]) -> None:
     missing = _unsatisfied(lines)
     if missing:
         print(f"[easel] installing: {', '.join(missing)}", flush=True)
-        command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check"]
+        command = [sys.executable, "-m", "pip", "install", *PIP_OPTIONS]
         for path in files:
             command += ["-r", str(path)]
         kept = installed_torch_family()
@@ -317,8 +321,7 @@ def install_without_dependencies(requirements: list[str]) -> None:
     missing = _unsatisfied(requirements)
     if missing:
         print(f"[easel] installing without dependencies: {', '.join(missing)}", flush=True)
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
-                               *missing])
+        subprocess.check_call([sys.executable, "-m", "pip", "install", *PIP_OPTIONS, "--no-deps", *missing])
 
 
 def ensure_browser() -> None:
