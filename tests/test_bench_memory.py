@@ -10,14 +10,20 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_memory_benchmark_smoke(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def bench_cache(tmp_path_factory):
+    """One model cache for the module: the first test writes the bench-sd1 folder, the next reuse it."""
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+def test_memory_benchmark_smoke(tmp_path, capsys, bench_cache):
     from tools.bench.memory import main
 
     out = tmp_path / "out"
     report_path = tmp_path / "report.json"
     code = main(["--sizes", "64", "--profiles", "none,vae-sliced", "--steps", "1", "--batch-size", "2",
                  "--matrix", "64,128",
-                 "--cache", str(tmp_path / "cache"),
+                 "--cache", str(bench_cache),
                  "--out", str(out), "--json", str(report_path), "--threads", "1"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -34,15 +40,16 @@ def test_memory_benchmark_smoke(tmp_path, capsys):
     assert none["vae_decodes"] == [2] and sliced["vae_decodes"] == [1, 1]
     assert sliced["max_diff"] <= 1 and sliced["psnr"] > 60, (sliced["max_diff"], sliced["psnr"])
     assert len(report["matrix"]) == 4 and all(report["matrix"].values())
+    assert report["matrix"]["64x64"] == none["peak_bytes"]  # the profiles table's run, not measured again
     assert (out / "heatmap-bench-sd1-none.png").stat().st_size > 1000
 
 
-def test_budget_search(tmp_path):
+def test_budget_search(tmp_path, bench_cache):
     """A budget below the process's own footprint stops the child (nothing fits); a roomy one fits."""
     from tools.bench.archs import ensure_arch_folder
     from tools.bench.memory import largest_square
 
-    folder = ensure_arch_folder("bench-sd1", tmp_path / "cache")
+    folder = ensure_arch_folder("bench-sd1", bench_cache)
     base = {"arch": "bench-sd1", "folder": str(folder), "work": str(tmp_path), "device": "cpu", "steps": 1}
     assert largest_square(base, "none", 200 * 1024**2, 64, 128, log=lambda line: None) is None
     assert largest_square(base, "none", 16 * 1024**3, 64, 64, log=lambda line: None) == 64

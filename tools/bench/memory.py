@@ -273,12 +273,19 @@ def profiles_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_matrix(base: dict[str, Any], profile: str, sides: list[int], log=print) -> dict[tuple[int, int], Any]:
-    """Peak memory (bytes, or None when it failed) for every width x height."""
+def run_matrix(base: dict[str, Any], profile: str, sides: list[int], log=print,
+               measured: list[dict[str, Any]] | None = None) -> dict[tuple[int, int], Any]:
+    """Peak memory (bytes, or None when it failed) for every width x height.
+
+    ``measured``: rows :func:`run_profiles` already measured with the same ``base``; a cell one of
+    them covers (same profile and size) takes its figures instead of running that child again.
+    """
+    known = {(row["profile"], row["size"]): row for row in measured or []}
     cells = {}
     for height in sides:
         for width in sides:
-            figures = measure({**base, "profile": profile, "size": [width, height]})
+            figures = known.get((profile, f"{width}x{height}")) or measure(
+                {**base, "profile": profile, "size": [width, height]})
             cells[(width, height)] = figures.get("peak_bytes") if figures.get("ok") else None
             log(f"matrix {profile} {width}x{height}: "
                 f"{_gib(cells[(width, height)]) if cells[(width, height)] else figures.get('error')}")
@@ -435,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         report["profiles"] = rows
     if args.matrix:
         sides = [int(s) for s in args.matrix.split(",") if s.strip()]
-        cells = run_matrix(base, args.matrix_profile, sides, log=lambda line: None)
+        cells = run_matrix(base, args.matrix_profile, sides, log=lambda line: None, measured=report.get("profiles"))
         print(matrix_table(args.matrix_profile, sides, cells) + "\n")
         heatmap = draw_heatmap(args.out / f"heatmap-{arch}-{args.matrix_profile}.png",
                                f"{arch} {args.matrix_profile}: peak GiB ({args.device})", sides, cells)
