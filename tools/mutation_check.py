@@ -220,8 +220,8 @@ MUTATIONS: list[Mutation] = [
         name="queue-ignores-training",
         what="the queue starts image jobs while a training run holds the device",
         file="webui/queue.py",
-        old="            if has_work:\n                self._wait_for_the_device()\n",
-        new="            if False:  # mutation: never waits for the device\n                self._wait_for_the_device()\n",
+        old="                if has_work:\n                    self._wait_for_the_device()\n",
+        new="                if False:  # mutation: never waits for the device\n                    self._wait_for_the_device()\n",
         tests=("tests/test_train_tab.py::test_image_jobs_wait_while_a_training_run_holds_the_device_and_say_why",),
     ),
     # ----- CUDA-only features (run by python -m tools.gpu_check on a GPU machine) -----
