@@ -18,6 +18,8 @@ app context behind a facade.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -212,12 +214,12 @@ class ExtensionContext:
 
     def wait_for(self, job: "Job", timeout: float | None = None) -> "GenerationResult":
         """Block until a submitted ``job`` ends; its result, or the error that ended it (API 2.0)."""
-        return self._app.job_queue().wait(job, timeout)
+        return self._app.wait_for(job, timeout)
 
     def cancel(self, job: "Job") -> str:
         """Cancel a waiting job (returns ``"cancelled"``) or interrupt a running one
         (``"interrupted"``); what a running job finished is kept (API 2.0)."""
-        return self._app.job_queue().cancel(job)
+        return self._app.cancel(job)
 
     def device_in_use(self) -> str | None:
         """Why the queue's device is held outside the queue right now (``device_in_use`` hooks), or None."""
@@ -291,10 +293,6 @@ class LegacyContext(ExtensionContext):
         warnings.warn(f"context.{name} is API 1.x; in API 2.0 use {replacement}", DeprecationWarning, stacklevel=2)
         return value
 
-    @property
-    def for_extensions(self) -> "ExtensionContext":
-        return self
-
 
 def app_of(context: Any) -> "EaselContext":
     """The app context behind ``context`` (a facade or the app context itself). Core code only."""
@@ -321,8 +319,6 @@ class LegacyUIContext:
 
 def _legacy_registered(item: Any) -> Any:
     """A tab, control or job task an API 1.x extension registers, handed the 1.x views when called."""
-    import dataclasses
-
     if not dataclasses.is_dataclass(item) or isinstance(item, type):
         return item
     names = {f.name for f in dataclasses.fields(item)}
@@ -339,8 +335,6 @@ def adapt_arguments(function: Any, argnames: tuple[str, ...]) -> Any:
     """``function`` (a hook implementation of an API 1.x extension; pluggy calls it with its
     arguments in ``argnames`` order) called with the 1.x views: ``context`` becomes
     :class:`LegacyContext`, and the tabs, controls and job tasks it registers get them too."""
-    import functools
-
     def adapted_argument(name: str, value: Any) -> Any:
         if name == "context" and value is not None:
             return app_of(value).legacy_view
