@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from webui.backends import RequeueJob
 from webui.jobs import GenerationRequest, GenerationResult, Job
 from webui.queue import JobQueue
 
@@ -91,6 +92,90 @@ def test_the_queue_runs_as_many_jobs_at_once_as_the_backend_has_free_workers():
         queue.wait(job, timeout=10)
     assert held.most == 2
     assert [job.status for job in jobs] == ["finished"] * 5
+    queue.close()
+
+
+def test_a_job_its_backend_gives_back_runs_again_first_in_line_and_says_it_was_retried():
+    """A worker died under job A (RequeueJob): A goes back to the head of the queue, ahead of B,
+    which was submitted while A ran, and its events say it was retried; no slot stays taken."""
+    order: list[str] = []
+    a_running = threading.Event()
+    b_queued = threading.Event()
+    names: dict[str, str] = {}
+
+    def run(request: GenerationRequest, job: Job) -> GenerationResult:
+        name = names[job.id]
+        order.append(name)
+        if order == ["A"]:
+            a_running.set()
+            assert b_queued.wait(10)
+            raise RequeueJob("retried: the worker running this job stopped; it runs again (attempt 2)", attempt=2)
+        return GenerationResult()
+
+    queue = JobQueue(run)
+    job_a = Job()
+    names[job_a.id] = "A"
+    queue.submit(GenerationRequest(model="tiny"), job_a)
+    assert a_running.wait(10)
+    job_b = Job()
+    names[job_b.id] = "B"
+    queue.submit(GenerationRequest(model="tiny"), job_b)
+    b_queued.set()
+    queue.wait(job_a, timeout=10)
+    queue.wait(job_b, timeout=10)
+    assert order == ["A", "A", "B"], "the retried job did not run again before the job queued behind it"
+    kinds_a = [event["kind"] for event in job_a.events()]
+    assert kinds_a == ["queued", "started", "retried", "queued", "started", "finished"]
+    retried = next(event for event in job_a.events() if event["kind"] == "retried")
+    assert retried["attempt"] == 2 and "worker running this job stopped" in retried["message"]
+    assert job_a.status == job_b.status == "finished"
+    assert "retried" in job_a.progress_text() or "retried" in job_a.message
+    queue.close()
+
+
+def test_a_job_a_worker_declined_waits_again_without_counting_as_a_retry():
+    declined: list[str] = []
+
+    def run(request: GenerationRequest, job: Job) -> GenerationResult:
+        if not declined:
+            declined.append(job.id)
+            raise RequeueJob("waiting: a training run is using GPU 0")
+        return GenerationResult()
+
+    queue = JobQueue(run)
+    job = queue.submit(GenerationRequest(model="tiny"))
+    queue.wait(job, timeout=10)
+    assert [event["kind"] for event in job.events()] == ["queued", "started", "queued", "started", "finished"]
+    queue.close()
+
+
+def test_a_job_given_back_while_the_server_stops_is_kept_for_the_restart():
+    def run(request: GenerationRequest, job: Job) -> GenerationResult:
+        queue.close()  # the server stops while the job's worker dies
+        raise RequeueJob("retried: the worker running this job stopped", attempt=2)
+
+    queue = JobQueue(run)
+    job = queue.submit(GenerationRequest(model="tiny"))
+    _wait_until(lambda: job.done)
+    final = job.events()[-1]
+    assert final["kind"] == "cancelled" and final["shutdown"] is True
+
+
+def test_jobs_no_worker_can_take_say_why_when_the_backend_says_every_workers_device_is_held():
+    """The queue's worker already waits for a free worker when the last one is held: it still
+    looks at the device again and the waiting job shows why."""
+    state = {"free": 0, "held": False}
+    reason = "a training run (probe, step 3/10) is using every worker's GPU"
+    queue = JobQueue(lambda request, job: GenerationResult(), slots=lambda: state["free"],
+                     device_in_use=lambda: reason if state["held"] else None)
+    job = queue.submit(GenerationRequest(model="tiny"))
+    time.sleep(0.3)  # the worker thread is waiting for a free worker now
+    state["held"] = True
+    _wait_until(lambda: any(event["kind"] == "waiting" for event in job.events()), seconds=5)
+    assert job.message == f"waiting: {reason}" and job.status == "queued"
+    state.update(free=1, held=False)
+    queue.wait(job, timeout=10)
+    assert job.status == "finished" and job.message == ""
     queue.close()
 
 

@@ -56,6 +56,33 @@ def pipeline_call_kwargs(request, model):
 '''
 
 
+# A second drop-in extension: a saved setting it reads when a model loads shows in the infotext (so a
+# test sees whether the front's settings reach the replicas), and a setting that makes it say a training
+# run holds the front's device.
+PROBE = '''"""Test extension: setting probe.tag goes into the infotext; probe.holding makes the device held."""
+from webui.api import hookimpl
+
+EASEL_API_VERSION = "2.0"
+__version__ = "1.0"
+
+
+@hookimpl
+def configure_pipeline(model, context):
+    model.extension_state["probe"] = context.setting("probe.tag", "")
+
+
+@hookimpl
+def infotext_fields(request, model):
+    tag = model.extension_state.get("probe")
+    return {"Probe tag": tag} if tag else None
+
+
+@hookimpl
+def device_in_use(context):
+    return context.setting("probe.holding", "") or None
+'''
+
+
 def slow(seconds: float, **fields) -> GenerationRequest:
     return GenerationRequest(**{**FAST, "model": "tiny", "save": False, **fields,
                                 "extras": {"slow_steps.seconds": seconds}})
@@ -66,16 +93,22 @@ def dropin_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("dropin")
     (folder / "slow_steps").mkdir()
     (folder / "slow_steps" / "__init__.py").write_text(SLOW_STEPS, encoding="utf-8")
+    (folder / "probe").mkdir()
+    (folder / "probe" / "__init__.py").write_text(PROBE, encoding="utf-8")
     return folder
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """One local Ray cluster for the module: 2 CPUs, no dashboard."""
+    """One local Ray cluster for the module: 2 CPUs, no dashboard, and 2 GPUs as Ray counts them.
+
+    There is no GPU here: Ray only hands out the GPU ids 0 and 1 (one per replica, ``num_gpus=1``,
+    the path a machine with GPUs takes), and the replicas compute on the CPU as the front does.
+    """
     import ray
     from ray import serve
 
-    ray.init(num_cpus=2, include_dashboard=False, namespace="easel", log_to_driver=False)
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, namespace="easel", log_to_driver=False)
     try:
         yield
     finally:
@@ -214,21 +247,32 @@ def test_skip_ends_the_current_image_within_one_step_and_the_job_goes_on(app):
 
 
 def test_a_job_whose_worker_is_killed_mid_job_completes_on_the_other_worker(app):
+    """Killed after its first image was saved: the job goes back to the queue, runs again on the other
+    replica, keeps the first image (saved once) and adds the second, both as in process."""
     if app.backend_kind != "ray":
         pytest.skip("only remote workers can die under a running job")
     queue = app.job_queue()
-    request = slow(0.3, steps=10, seed=21)
+    request = slow(0.3, steps=6, seed=21, batch_count=2, save=True)
     job = queue.submit(request)
     first = wait_for(job, lambda event: event["kind"] == "dispatched")
-    wait_for(job, lambda event: event["kind"] == "step" and event["step"] >= 2)
+    wait_for(job, lambda event: event["kind"] == "image")
+    wait_for(job, lambda event: event["kind"] == "step" and event["image"] == 1 and event["step"] >= 2)
     os.kill(first["pid"], signal.SIGKILL)
     result = queue.wait(job, timeout=300)
     assert job.status == "finished", kinds(job)
     retried = [event for event in job.events() if event["kind"] == "retried"]
-    assert retried and retried[0]["attempt"] == 2
+    assert len(retried) == 1 and retried[0]["attempt"] == 2
+    after_retry = kinds(job)[kinds(job).index("retried"):]
+    assert after_retry[:3] == ["retried", "queued", "started"], "the job did not go back to the queue"
     dispatched = [event for event in job.events() if event["kind"] == "dispatched"]
     assert dispatched[-1]["pid"] != first["pid"]
-    assert np.array_equal(pixels(result.images[0].image), pixels(in_process(app, request).images[0].image))
+    saved = [event for event in job.events() if event["kind"] == "image"]
+    assert [event["index"] for event in saved] == [0, 1], "an image was lost or saved twice"
+    reference = in_process(app, request)
+    assert [record.seed for record in result.images] == [21, 22]
+    for got, expected, event in zip(result.images, reference.images, saved):
+        assert np.array_equal(pixels(got.image), pixels(expected.image))
+        assert np.array_equal(pixels(png_to_image(Path(event["path"]).read_bytes())), pixels(expected.image))
 
 
 def test_a_job_fails_with_the_reason_when_its_worker_runs_other_versions(app):
@@ -259,3 +303,102 @@ def test_a_worker_with_other_versions_is_refused_with_the_reason():
     backend.expected_versions = front
     with pytest.raises(WorkerRefusedError, match="worker r1 refused: it runs Easel 0.2.0"):
         backend._check_versions(found)
+
+
+def test_a_settings_change_in_the_front_reaches_the_workers_with_the_next_job(app):
+    """Settings > Apply in the front (save, then reload the models) changes the next job's images
+    on every backend: the probe extension reads its setting when a model loads."""
+    queue = app.job_queue()
+    try:
+        for tag in ("first", "second"):
+            app.settings.set("probe.tag", tag)
+            app.pipelines.reconfigure()  # what the Settings tab's Apply does
+            jobs = [queue.submit(GenerationRequest(**FAST, model="tiny", seed=50 + index, save=False))
+                    for index in range(2)]  # two at once: with Ray, one on each replica
+            for job in jobs:
+                result = queue.wait(job, timeout=300)
+                assert f"Probe tag: {tag}" in result.images[0].infotext, (tag, result.images[0].infotext)
+    finally:
+        app.settings.set("probe.tag", "")
+        app.pipelines.reconfigure()
+
+
+def wait_until(condition, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_while_a_training_run_holds_one_gpu_its_replica_takes_no_jobs_and_the_other_does(app):
+    if app.backend_kind != "ray":
+        pytest.skip("the in-process backend pauses its one queue (tests/test_train_queue.py)")
+    import ray
+
+    from webui.backends.ray_serve import CAPACITY_POLL_SECONDS
+    from webui.backends.ray_worker import ROUTING_STATS_PERIOD_SECONDS, device_key
+
+    backend = app.job_queue()._run.__self__
+    queue = app.job_queue()
+    node = ray.get_runtime_context().get_node_id()
+    gpu0, gpu1 = device_key(node, 0), device_key(node, 1)
+    front_devices = backend.front_devices
+    backend.front_devices = [gpu0]  # the front trains on its first GPU (here the front computes on the CPU)
+    try:
+        app.settings.set("probe.holding", "a training run (probe, step 3/10) is using GPU 0")
+        wait_until(lambda: backend.capacity() == 1)
+        time.sleep(2 * ROUTING_STATS_PERIOD_SECONDS + CAPACITY_POLL_SECONDS)  # the router has read the stats
+        jobs = [queue.submit(GenerationRequest(**FAST, model=MODELS[index % 2], seed=70 + index, save=False))
+                for index in range(4)]
+        time.sleep(0.5)
+        assert len(queue.snapshot()["running_jobs"]) <= 1, "two jobs went out with one replica free"
+        for job in jobs:
+            queue.wait(job, timeout=300)
+        dispatched = [event for job in jobs for event in job.events() if event["kind"] == "dispatched"]
+        assert len(dispatched) == 4 and {tuple(event["devices"]) for event in dispatched} == {(gpu1,)}, dispatched
+
+        backend.front_devices = [gpu0, gpu1]  # now it holds both
+        app.settings.set("probe.holding", "a training run (probe, step 4/10) is using both GPUs")
+        wait_until(lambda: backend.capacity() == 0)
+        waiting_job = queue.submit(GenerationRequest(**FAST, model="tiny", seed=80, save=False))
+        waiting = wait_for(waiting_job, lambda event: event["kind"] == "waiting")
+        assert "is using both GPUs" in waiting["message"]
+        time.sleep(1.5)
+        assert waiting_job.status == "queued" and "started" not in kinds(waiting_job)
+    finally:
+        app.settings.set("probe.holding", "")
+        backend.front_devices = front_devices
+    result = queue.wait(waiting_job, timeout=300)
+    assert waiting_job.status == "finished" and len(result.images) == 1
+    wait_until(lambda: backend.capacity() == 2)
+
+
+def test_the_front_device_maps_to_the_gpu_ray_gives_the_replica_on_it():
+    from webui.backends.ray_worker import device_key, front_device_keys
+
+    import torch
+
+    assert front_device_keys(torch.device("cuda", 0), "n1", None) == [device_key("n1", 0)] == ["n1:gpu0"]
+    assert front_device_keys(torch.device("cuda", 1), "n1", "2,3") == ["n1:gpu3"]
+    assert front_device_keys(torch.device("cuda"), "n1", "5") == ["n1:gpu5"]
+    assert front_device_keys(torch.device("cpu"), "n1", "0") == ["n1:cpu"] == [device_key("n1")]
+
+
+def test_the_router_leaves_held_replicas_out_and_prefers_the_one_holding_the_model():
+    from webui.backends.ray_router import rank_replicas
+
+    class Replica:
+        def __init__(self, name: str, models: set[str], held: str = "") -> None:
+            self.name, self.multiplexed_model_ids, self.routing_stats = name, models, {"held": held}
+
+        def __repr__(self) -> str:
+            return self.name
+
+    a, b, c = Replica("a", {"tiny"}), Replica("b", {"tiny-sd2"}), Replica("c", {"tiny"}, held="training")
+    assert rank_replicas([a, b, c], "tiny") == [[a], [b]]
+    assert rank_replicas([a, b, c], "tiny-sd2") == [[b], [a]]
+    assert rank_replicas([a, b, c], None) == [[a, b]]
+    assert rank_replicas([c], "tiny") == []
+    fresh = Replica("d", set())
+    fresh.routing_stats = {}  # not reported yet: free
+    assert rank_replicas([fresh], "tiny") == [[fresh]]

@@ -186,6 +186,12 @@ class SettingsStore:
                 self._overrides.pop(key, None)
             self._save()
 
+    def saved_values(self) -> dict[str, Any]:
+        """A copy of the saved settings (not the command-line overrides, a job's own values or the
+        last-used UI values): what a Ray worker takes over from the front with each job."""
+        with self._lock:
+            return dict(self._values)
+
     def last_used(self, scope: str) -> dict[str, Any]:
         """Last-used UI values of one tab (empty when none are saved)."""
         with self._lock:

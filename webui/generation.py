@@ -24,7 +24,7 @@ import inspect
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -215,11 +215,13 @@ def _free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def run_generation(context: "EaselContext", request: GenerationRequest, job: Job | None = None) -> GenerationResult:
+def run_generation(context: "EaselContext", request: GenerationRequest, job: Job | None = None,
+                   on_image: Callable[[int, ImageRecord], None] | None = None) -> GenerationResult:
     """Run one image job of any task; raises :class:`RequestError` / :class:`GenerationError` with user messages.
 
     Callers normally go through the queue (``context.generate``); this runs the job at once
-    on the calling thread. Out of memory: the memory is freed, the ``out_of_memory`` hooks
+    on the calling thread. ``on_image(index, record)``, when given, gets each image as soon as
+    it is finished, before its ``image`` event (a Ray worker streams it to the front). Out of memory: the memory is freed, the ``out_of_memory`` hooks
     say which option would help and may switch to a lower-memory profile, in which case the
     job runs again (at most ``MAX_OOM_RETRIES`` times) on the model reloaded with those settings.
     """
@@ -234,7 +236,7 @@ def run_generation(context: "EaselContext", request: GenerationRequest, job: Job
         while True:
             try:
                 with context.settings.for_this_job(job_settings):
-                    return _run_generation_once(context, request, task, job)
+                    return _run_generation_once(context, request, task, job, on_image)
             except _OutOfMemory as oom:
                 if oom.retry and retries < MAX_OOM_RETRIES and not job.interrupted:
                     retries += 1
@@ -270,8 +272,8 @@ def _out_of_memory(context: "EaselContext", request: GenerationRequest, model: "
     return _OutOfMemory(message, answers.retry, answers.settings)
 
 
-def _run_generation_once(context: "EaselContext", request: GenerationRequest, task: Task,
-                         job: Job) -> GenerationResult:
+def _run_generation_once(context: "EaselContext", request: GenerationRequest, task: Task, job: Job,
+                         on_image: Callable[[int, ImageRecord], None] | None) -> GenerationResult:
     result = GenerationResult()
     started = time.monotonic()
     oom: _OutOfMemory | None = None
@@ -280,7 +282,7 @@ def _run_generation_once(context: "EaselContext", request: GenerationRequest, ta
         task.check_model(request, model)
         try:
             context.plugins.call("before_generation", request=request, model=model, context=context)
-            _run_batches(context, request, task, model, job, result)
+            _run_batches(context, request, task, model, job, result, on_image)
         except EaselError:
             raise
         except torch.OutOfMemoryError as exc:
@@ -300,7 +302,7 @@ def _run_generation_once(context: "EaselContext", request: GenerationRequest, ta
 
 
 def _run_batches(context: "EaselContext", request: GenerationRequest, task: Task, model: "LoadedModel", job: Job,
-                 result: GenerationResult) -> None:
+                 result: GenerationResult, on_image: Callable[[int, ImageRecord], None] | None) -> None:
     pipe = task_pipeline(model, task.pipeline_task(request, model))
     prepared = task.prepare(request, model)
     if "width" not in prepared.arguments and "width" in inspect.signature(pipe.__call__).parameters:
@@ -325,8 +327,10 @@ def _run_batches(context: "EaselContext", request: GenerationRequest, task: Task
             image = task.finish(prepared, image)
             infotext = build_image_infotext(request, model, seed, extra_fields, prepared.infotext)
             path = save_image(image, context.outputs_dir, task.output_folder, infotext, seed) if request.save else None
-            result.images.append(ImageRecord(image=image, seed=seed, infotext=infotext,
-                                             path=str(path) if path else None))
+            record = ImageRecord(image=image, seed=seed, infotext=infotext, path=str(path) if path else None)
+            result.images.append(record)
+            if on_image is not None:
+                on_image(first + index, record)
             job.emit("image", index=first + index, seed=seed, path=str(path) if path else None)
         if job.take_skip():
             result.skipped += 1

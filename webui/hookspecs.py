@@ -109,7 +109,8 @@ def device_in_use(context: ExtensionContext) -> str | None:
     (e.g. ``"a LoRA training run (my_lora, step 120/500) is using the GPU"``) while it does,
     else None. While any extension says so, the queue starts no new job: waiting jobs show
     the sentence on their page and start once it is over, instead of running out of memory
-    halfway. ``firstresult``: the first extension that answers (not None) is the one shown,
+    halfway. (With Ray workers, ``--backend ray``, only the worker on the front's GPU takes no
+    jobs; the others go on.) ``firstresult``: the first extension that answers (not None) is the one shown,
     the others are not asked. Called often (about once a second while jobs wait): answer from
     state you keep, never do slow work here.
     """

@@ -25,6 +25,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from webui.backends import RequeueJob
 from webui.errors import EaselError
 from webui.jobs import GenerationRequest, GenerationResult, Job
 
@@ -40,6 +41,7 @@ HISTORY = 256
 IDLE_SECONDS = 10.0
 DEVICE_POLL_SECONDS = 1.0
 LIMIT_SETTING = "queue.limit"
+NO_FREE_WORKER = object()
 
 
 class QueueFullError(EaselError):
@@ -233,8 +235,10 @@ class JobQueue:
         with self._lock:
             return [job for job, _ in self._pending]
 
-    def _take_next(self) -> tuple[Job, GenerationRequest] | None:
-        """The next job once a worker slot is free (the caller holds the lock); None: this thread ends.
+    def _take_next(self) -> "tuple[Job, GenerationRequest] | None | object":
+        """The next job once a worker slot is free (the caller holds the lock); None: this thread ends;
+        ``NO_FREE_WORKER``: jobs wait but no worker was free for a while (the caller looks at the device
+        again: a backend whose every worker is held says why, and the waiting jobs show it).
 
         A thread ends when it has been idle for ``IDLE_SECONDS`` (the next submit starts a new
         one, so an app that is no longer used does not keep its models alive through it), when
@@ -255,9 +259,9 @@ class JobQueue:
                     return None
                 idle = True
                 self._wakeup.wait(IDLE_SECONDS)
-            else:  # every worker is busy (or none is up yet): look again when a job ends, or soon
-                idle = False
+            else:  # every worker is busy (or none is free): look again (at the device too) when a job ends, or soon
                 self._wakeup.wait(DEVICE_POLL_SECONDS)
+                return NO_FREE_WORKER
 
     def _work(self) -> None:
         try:
@@ -270,6 +274,8 @@ class JobQueue:
                     taken = self._take_next()
                     if taken is None:
                         return
+                if taken is NO_FREE_WORKER:
+                    continue
                 job, request = taken
                 job.set_position(1)  # taken before its submitter announced its place: it still begins with "queued"
                 job.leave_queue()
@@ -286,6 +292,21 @@ class JobQueue:
             with self._lock:
                 self._workers.discard(threading.current_thread())
 
+    def _put_back(self, job: Job, request: GenerationRequest, requeue: "RequeueJob") -> None:
+        """The backend gave ``job`` back (its worker died or declined it): first in line again."""
+        job.message = str(requeue)
+        log.warning("Job %s goes back to the queue: %s", job.id, requeue)
+        if requeue.attempt is not None:
+            job.emit("retried", attempt=requeue.attempt, message=str(requeue))
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                job.enter_queue()
+                self._pending.appendleft((job, request))  # its place is announced when this worker lets go
+                self._wakeup.notify_all()
+        if closed:
+            job.emit("cancelled", message="The server stopped before the job could run again", shutdown=True)
+
     def _ensure_workers_if_needed(self) -> None:
         """After a job: more threads when more slots came up while jobs wait (the caller holds the lock)."""
         if self._pending and not self._closed:
@@ -298,6 +319,9 @@ class JobQueue:
         job.emit("started", task=request.task, model=request.model)
         try:
             result = self._run(request, job)
+        except RequeueJob as requeue:
+            self._put_back(job, request, requeue)
+            return
         except BaseException as exc:  # noqa: BLE001 - reported to the waiting caller, the worker goes on
             job.error = exc
             if not isinstance(exc, (EaselError, ValueError)):
@@ -343,4 +367,4 @@ def create_queue(context: "EaselContext", backend: "Backend | None" = None) -> J
             return DEFAULT_LIMIT
 
     return JobQueue(backend.run, limit=limit, name=f"easel-queue-{context.pipelines.device}",
-                    device_in_use=context.device_in_use, slots=backend.capacity, on_close=backend.close)
+                    device_in_use=backend.device_in_use, slots=backend.capacity, on_close=backend.close)

@@ -31,6 +31,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
+from webui.errors import EaselError
+
 if TYPE_CHECKING:
     from webui.context import EaselContext
     from webui.jobs import GenerationRequest, GenerationResult, Job
@@ -64,6 +66,21 @@ def bind_ray_to_localhost() -> bool:
     return True
 
 
+class RequeueJob(EaselError):
+    """Raised by :meth:`Backend.run`: the job could not run to its end through no fault of its own.
+
+    Its worker died under it (process killed, node lost), or declined it (its GPU was taken
+    by a training run). The queue puts the job back at the head of the line, where the next
+    free worker takes it, and tells its followers: ``message`` becomes the job's
+    :attr:`Job.message`; with ``attempt`` (the attempt that comes next, 2 for the first retry)
+    the job also gets a ``retried`` event.
+    """
+
+    def __init__(self, message: str, *, attempt: int | None = None) -> None:
+        super().__init__(message)
+        self.attempt = attempt
+
+
 class Backend(Protocol):
     """What the job queue needs from a backend."""
 
@@ -73,8 +90,13 @@ class Backend(Protocol):
     def capacity(self) -> int:
         """How many jobs may run at once right now (free plus busy workers; 0 while none is up)."""
 
+    def device_in_use(self) -> str | None:
+        """Why no job can start now although jobs wait (something outside the queue, e.g. a training
+        run, holds the device of every worker), or None. The queue asks about once a second."""
+
     def run(self, request: "GenerationRequest", job: "Job") -> "GenerationResult":
-        """Run ``request`` to its end, reporting on ``job``; raise what the job failed with."""
+        """Run ``request`` to its end, reporting on ``job``; raise what the job failed with, or
+        :class:`RequeueJob` to have the queue hand it out again."""
 
     def close(self) -> None:
         """Release the workers (the queue calls it when the app closes)."""

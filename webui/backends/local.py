@@ -23,6 +23,10 @@ class InProcessBackend:
     def capacity(self) -> int:
         return 1
 
+    def device_in_use(self) -> str | None:
+        """The app's ``device_in_use`` hooks: a training run on this process's device pauses the queue."""
+        return self.context.device_in_use()
+
     def run(self, request: "GenerationRequest", job: "Job") -> "GenerationResult":
         from webui.generation import run_generation
 

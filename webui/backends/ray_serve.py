@@ -10,11 +10,18 @@
   own app context with the front's options, extensions and settings. ``serve.multiplexed``,
   keyed by checkpoint, sends a job to a replica that already holds its model.
 * A job is one streaming request; its events become the same :class:`webui.jobs.Job`
-  events as a local job's (``step`` with previews, ``image``), plus ``dispatched`` (which
-  replica runs it) and ``retried``. The front saves the images.
-* A replica that dies mid-job (process killed, node lost): the job runs again from the
-  start on a replica that is up (at most ``max_attempts`` times); its ``retried`` event and
-  :attr:`Job.message` say so.
+  events as a local job's (``step`` with previews, ``image`` as each image is finished),
+  plus ``dispatched`` (which replica runs it) and ``retried``. The front saves the images
+  as they come. Each job carries the front's saved settings, so a change in the Settings
+  tab reaches the replicas with the next job.
+* A replica that dies mid-job (process killed, node lost): the job goes back to the head of
+  Easel's queue (:class:`webui.backends.RequeueJob`) and runs again on a replica that is up
+  (at most ``max_attempts`` times); its ``retried`` event and :attr:`Job.message` say so.
+  The images it had finished are kept (and not saved twice).
+* While a training run holds the front's GPU (the ``device_in_use`` hooks answer), the
+  replica on that GPU takes no jobs (:class:`webui.backends.ray_worker.DeviceHolds`,
+  :mod:`webui.backends.ray_router`); the queue hands out one job fewer at once, and jobs
+  wait with the reason only when every replica's GPU is held.
 * A replica whose Easel or extension versions differ from the front's is refused: the
   backend does not start (or the job fails) with the differences as the reason.
 * Security: a cluster this process starts (``--ray-address local``) listens on 127.0.0.1
@@ -34,8 +41,12 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
-from webui.backends.ray_worker import DEPLOYMENT, NAMESPACE, EaselWorker, job_signals, versions_of
+from webui.backends import RequeueJob
+from webui.backends.ray_router import EaselRequestRouter
+from webui.backends.ray_worker import (DEPLOYMENT, NAMESPACE, ROUTING_STATS_PERIOD_SECONDS, EaselWorker,
+                                       device_holds, front_device_keys, job_signals, versions_of)
 from webui.errors import EaselError, GenerationError
 from webui.jobs import GenerationResult, ImageRecord, RequestError, png_to_image
 
@@ -47,7 +58,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: How often the number of running replicas is read from Serve, and Interrupt / Skip presses forwarded.
+#: How often the number of running (and held) replicas is read, the front's device_in_use hooks asked, and
+#: Interrupt / Skip presses forwarded.
 CAPACITY_POLL_SECONDS = 1.0
 PRESS_POLL_SECONDS = 0.02
 RETRY_PAUSE_SECONDS = 1.0
@@ -64,6 +76,10 @@ class WorkerRefusedError(EaselError):
 
 class WorkerLostError(EaselError):
     """The replica running a job went away (process killed, node lost)."""
+
+
+class WorkerDeclinedError(EaselError):
+    """The replica a job reached declined it: its GPU is held (a training run); the message says why."""
 
 
 def worker_config(context: "EaselContext", app_options: "AppOptions", torch_threads: int | None = None) -> dict:
@@ -147,8 +163,8 @@ class RayServeBackend:
                  workers: int = 1, replica_cpus: float | None = None, replica_gpus: float | None = None,
                  app_name: str = "easel", max_attempts: int = 3, torch_threads: int | None = None,
                  num_cpus: int | None = None) -> None:
-        """``workers`` replicas; ``replica_gpus`` defaults to 1 when the cluster has GPUs, else
-        ``replica_cpus`` (default 1) CPUs each. ``torch_threads``: CPU threads of each replica's
+        """``workers`` replicas of ``replica_gpus`` GPUs (default: 1 when the cluster has GPUs, else none)
+        and ``replica_cpus`` CPUs (default 1) each. ``torch_threads``: CPU threads of each replica's
         PyTorch (default for CPU replicas: the front's, which gives bit-identical CPU images)."""
         self.context = context
         self.app_name = app_name
@@ -157,22 +173,34 @@ class RayServeBackend:
         self._started_cluster = connect(address, num_cpus=num_cpus)
         self._signals = job_signals()
         self.expected_versions = versions_of(context)
-        if replica_gpus is None and replica_cpus is None and ray.cluster_resources().get("GPU", 0) >= 1:
+        if replica_gpus is None and ray.cluster_resources().get("GPU", 0) >= 1:
             replica_gpus = 1
         actor_options: dict[str, Any] = {"runtime_env": {"env_vars": worker_environment()}}
         if replica_gpus:
             actor_options.update(num_gpus=replica_gpus, num_cpus=replica_cpus or 1)
         else:
             actor_options["num_cpus"] = 1 if replica_cpus is None else replica_cpus
-        if torch_threads is None and not replica_gpus:
+        if torch_threads is None and (not replica_gpus or context.device.type == "cpu"):
             import torch
 
-            torch_threads = torch.get_num_threads()  # CPU replicas: the front's maths, images bit-identical
+            torch_threads = torch.get_num_threads()  # CPU maths as the front's own: images bit-identical
         config = worker_config(context, app_options, torch_threads)
+        self._holds = device_holds()
+        self._holds.hold.remote([], None)
+        self.front_devices = front_device_keys(context.device, ray.get_runtime_context().get_node_id(),
+                                               os.environ.get("CUDA_VISIBLE_DEVICES"))
+        """The cluster keys of the device the front's training runs use (see ``ray_worker.front_device_keys``)."""
+        self._held_reason: str | None = None
+        self._held_replicas = 0
+        self._attempts: dict[str, int] = {}
+        self._finished_images: dict[str, dict[int, ImageRecord]] = {}
         serve.start(proxy_location="Disabled")  # no HTTP port: the front talks through the handle
-        deployment = EaselWorker.options(num_replicas=self.workers, ray_actor_options=actor_options)
+        router = RequestRouterConfig(request_router_class=EaselRequestRouter,
+                                     request_routing_stats_period_s=ROUTING_STATS_PERIOD_SECONDS)
+        deployment = EaselWorker.options(num_replicas=self.workers, ray_actor_options=actor_options,
+                                         request_router_config=router)
         self._handle = serve.run(deployment.bind(config), name=app_name, route_prefix=None)
-        self._capacity = self._running_replicas()
+        self._running = self._running_replicas()
         self._closed = threading.Event()
         self._check_versions(self._handle.describe.remote().result(timeout_s=120))
         self._poller = threading.Thread(target=self._poll_capacity, name="easel-ray-capacity", daemon=True)
@@ -181,24 +209,42 @@ class RayServeBackend:
     # --- the queue's side ----------------------------------------------------------------
 
     def capacity(self) -> int:
-        """Replicas up right now (read from Serve every second): the jobs that may run at once."""
-        return self._capacity
+        """Replicas up and not held by a training run (read every second): the jobs that may run at once."""
+        return max(0, self._running - self._held_replicas)
+
+    def device_in_use(self) -> str | None:
+        """Why no job can start although replicas are up: a training run holds every replica's GPU."""
+        if self._held_reason and self._running and self._held_replicas >= self._running:
+            return self._held_reason
+        return None
 
     def run(self, request: "GenerationRequest", job: "Job") -> GenerationResult:
-        """Run ``request`` on a free replica; again on another one if its replica dies mid-job."""
+        """Run ``request`` on a free replica. When the replica dies mid-job (or declines it) the job goes
+        back to the queue (:class:`RequeueJob`) and runs again on another one; the images it finished are kept."""
         request.validate(self.context.max_side)  # the same message as in process, without a round trip
-        attempt = 1
-        while True:
-            try:
-                return self._run_once(request, job, attempt)
-            except WorkerLostError as lost:
-                if attempt >= self.max_attempts or job.interrupted:
-                    raise GenerationError(f"{lost} (after {attempt} attempts)") from lost
-                attempt += 1
-                time.sleep(RETRY_PAUSE_SECONDS)  # Serve notices the dead replica and routes around it
-                job.message = f"retried: {lost}; running again on another worker (attempt {attempt})"
-                log.warning("Job %s: %s", job.id, job.message)
-                job.emit("retried", attempt=attempt, message=str(lost))
+        attempt = self._attempts.get(job.id, 1)
+        try:
+            result = self._run_once(request, job, attempt)
+        except WorkerDeclinedError as declined:
+            time.sleep(RETRY_PAUSE_SECONDS)  # the router learns within a second that this replica is held
+            raise RequeueJob(f"waiting: {declined}") from declined
+        except WorkerLostError as lost:
+            if attempt >= self.max_attempts or job.interrupted:
+                self._forget(job)
+                raise GenerationError(f"{lost} (after {attempt} attempts)") from lost
+            self._attempts[job.id] = attempt + 1
+            time.sleep(RETRY_PAUSE_SECONDS)  # Serve notices the dead replica and routes around it
+            raise RequeueJob(f"retried: {lost}; it runs again on another worker (attempt {attempt + 1})",
+                             attempt=attempt + 1) from lost
+        except BaseException:
+            self._forget(job)
+            raise
+        self._forget(job)
+        return result
+
+    def _forget(self, job: "Job") -> None:
+        self._attempts.pop(job.id, None)
+        self._finished_images.pop(job.id, None)
 
     def close(self) -> None:
         """Stop the capacity poller; delete the deployment, and the cluster when this process started it."""
@@ -218,7 +264,8 @@ class RayServeBackend:
     def _run_once(self, request: "GenerationRequest", job: "Job", attempt: int) -> GenerationResult:
         started = time.monotonic()
         response = self._handle.options(stream=True, multiplexed_model_id=request.model).run.remote(
-            request.to_dict(), job.id)
+            request.to_dict(), job.id, self.context.settings.saved_values())
+        finished = self._finished_images.setdefault(job.id, {})
         stop_forwarding = threading.Event()
         forwarder = threading.Thread(target=self._forward_presses, args=(job, stop_forwarding), daemon=True,
                                      name=f"easel-ray-presses-{job.id[:8]}")
@@ -226,19 +273,26 @@ class RayServeBackend:
         try:
             for event in response:
                 kind = event["kind"]
+                if kind == "declined":
+                    raise WorkerDeclinedError(event["reason"])
                 if kind == "hello":
                     self._check_versions(event)
                     job.emit("dispatched", worker=event["replica"], pid=event["pid"], node=event["node"],
-                             attempt=attempt)
+                             devices=event.get("devices", []), attempt=attempt)
                 elif kind == "image_started":
                     job.start_image(event["image"], event["images"], event["steps"])
                 elif kind == "step":
                     preview = png_to_image(event["preview"]) if event.get("preview") else None
                     job.step(event["step"], preview)
+                elif kind == "image":
+                    if event["index"] not in finished:  # a retried job's images were saved the first time
+                        finished[event["index"]] = self._save(request, job, event)
                 elif kind == "error":
                     raise ERROR_TYPES.get(event["type"], EaselError)(event["message"])
                 elif kind == "result":
-                    return self._result(request, job, event, time.monotonic() - started)
+                    return GenerationResult(images=[finished[index] for index in sorted(finished)],
+                                            interrupted=bool(event["interrupted"]), skipped=int(event["skipped"]),
+                                            seconds=time.monotonic() - started)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
             raise WorkerLostError(f"the worker running this job stopped ({type(exc).__name__})") from exc
         except WorkerRefusedError:
@@ -248,23 +302,16 @@ class RayServeBackend:
             stop_forwarding.set()
         raise WorkerLostError("the worker ended the job without a result")
 
-    def _result(self, request: "GenerationRequest", job: "Job", event: dict[str, Any],
-                seconds: float) -> GenerationResult:
-        """Decode the images and save them in the front's outputs folder, as a local job does."""
+    def _save(self, request: "GenerationRequest", job: "Job", event: dict[str, Any]) -> ImageRecord:
+        """Decode a finished image and save it in the front's outputs folder, as a local job does."""
         from webui.outputs import save_image
         from webui.tasks import get_task
 
-        result = GenerationResult(interrupted=bool(event["interrupted"]), skipped=int(event["skipped"]),
-                                  seconds=seconds)
-        folder = get_task(request.task).output_folder
-        for index, item in enumerate(event["images"]):
-            image = png_to_image(item["png"])
-            path = (save_image(image, self.context.outputs_dir, folder, item["infotext"], item["seed"])
-                    if request.save else None)
-            result.images.append(ImageRecord(image=image, seed=item["seed"], infotext=item["infotext"],
-                                             path=str(path) if path else None))
-            job.emit("image", index=index, seed=item["seed"], path=str(path) if path else None)
-        return result
+        image = png_to_image(event["png"])
+        path = (save_image(image, self.context.outputs_dir, get_task(request.task).output_folder, event["infotext"],
+                           event["seed"]) if request.save else None)
+        job.emit("image", index=event["index"], seed=event["seed"], path=str(path) if path else None)
+        return ImageRecord(image=image, seed=event["seed"], infotext=event["infotext"], path=str(path) if path else None)
 
     def _forward_presses(self, job: "Job", stop: threading.Event) -> None:
         """Send the job's Interrupt (once) and each Skip press to the replica through the signal actor."""
@@ -292,6 +339,18 @@ class RayServeBackend:
     def _poll_capacity(self) -> None:
         while not self._closed.wait(CAPACITY_POLL_SECONDS):
             try:
-                self._capacity = self._running_replicas()
+                self._running = self._running_replicas()
             except Exception:  # noqa: BLE001 - the controller may be restarting: keep the last count
                 log.debug("Could not read the Serve status", exc_info=True)
+            try:
+                self._follow_the_front_device()
+            except Exception:  # noqa: BLE001 - a broken hook or a busy actor: keep the last state
+                log.exception("Could not tell the workers whether the front's device is held")
+
+    def _follow_the_front_device(self) -> None:
+        """Hold the front's device for the replicas while the front's ``device_in_use`` hooks answer."""
+        reason = self.context.device_in_use()
+        if reason != self._held_reason:
+            ray.get(self._holds.hold.remote(self.front_devices, reason), timeout=10)
+            self._held_reason = reason
+        self._held_replicas = ray.get(self._holds.held_replicas.remote(), timeout=10) if reason else 0
