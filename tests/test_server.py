@@ -140,3 +140,46 @@ def test_max_size_must_be_a_usable_side_and_the_size_sliders_stay_inside_it(make
                if getattr(block, "elem_id", None) in ("txt2img-width", "txt2img-height")}
     assert sliders["txt2img-width"].maximum == 256 and sliders["txt2img-width"].value == 256
     assert sliders["txt2img-height"].value == 192
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_server_through_its_clean_shutdown(tmp_path):
+    """``kill``/``systemctl stop`` end Easel as Ctrl+C does (the job store closes, Ray workers are
+    released), not by dying on the spot."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    server = subprocess.Popen(
+        [sys.executable, "launch.py", "--skip-install", "--port", str(port), "--model", "tiny",
+         "--data-dir", str(tmp_path / "data"), "--outputs-dir", str(tmp_path / "outputs")],
+        cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.communicate()[0][-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.5)
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 0, output[-3000:]
+    assert "Easel stopped" in output, output[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,6 +131,7 @@ def serve_app(args: Any) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
     context = create_context(options_from_args(args))
+    stop_on_sigterm()  # after create_context: the Ray backend's ray.init installs a handler that aborts
     for failure in context.plugins.failures:
         log.warning("Extension %s failed (%s): %s", failure.extension, failure.stage, failure.message)
     gradio_auth = parse_auth(args.gradio_auth, args.gradio_auth_path, "gradio-auth")
@@ -148,8 +150,22 @@ def serve_app(args: Any) -> None:
                  "; API at /sdapi/v1 and /easel/v1, docs at /docs" if api else "")
         launch_blocks(blocks, context, host=host, port=args.port, share=args.share, auth=gradio_auth, block=True,
                       api=api)
+    except KeyboardInterrupt:
+        log.info("Stopping (Ctrl+C or SIGTERM)")
     finally:
-        context.close()  # persisted jobs still waiting stay queued for the next start
+        context.close()  # persisted jobs still waiting stay queued for the next start; Ray workers are released
+        log.info("Easel stopped")
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (``kill``, ``systemctl stop``, ``docker stop``) stops the app as Ctrl+C does, through
+    :meth:`EaselContext.close`: waiting jobs stay queued for the next start and the Ray workers
+    (``--backend ray``) are released. Without this the process dies at once (Python's default)
+    or aborts (Ray's handler)."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def exposure_warnings(args: Any, gradio_auth, api: "ApiOptions | None") -> list[str]:
