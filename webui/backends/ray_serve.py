@@ -48,7 +48,7 @@ from webui.backends.ray_router import EaselRequestRouter
 from webui.backends.ray_worker import (DEPLOYMENT, NAMESPACE, ROUTING_STATS_PERIOD_SECONDS, EaselWorker,
                                        device_holds, front_device_keys, job_signals, versions_of)
 from webui.errors import EaselError, GenerationError
-from webui.jobs import GenerationResult, ImageRecord, RequestError, png_to_image
+from webui.jobs import FINAL_EVENTS, GenerationResult, ImageRecord, RequestError, png_to_image
 
 if TYPE_CHECKING:
     from webui.app import AppOptions
@@ -222,6 +222,9 @@ class RayServeBackend:
         """Run ``request`` on a free replica. When the replica dies mid-job (or declines it) the job goes
         back to the queue (:class:`RequeueJob`) and runs again on another one; the images it finished are kept."""
         request.validate(self.context.max_side)  # the same message as in process, without a round trip
+        if job.id not in self._finished_images:  # its first time here: what it leaves goes when it ends
+            self._finished_images[job.id] = {}
+            job.add_listener(self._forget_when_ended)
         attempt = self._attempts.get(job.id, 1)
         try:
             result = self._run_once(request, job, attempt)
@@ -246,6 +249,11 @@ class RayServeBackend:
         self._attempts.pop(job.id, None)
         self._finished_images.pop(job.id, None)
 
+    def _forget_when_ended(self, job: "Job", event: dict[str, Any]) -> None:
+        """A job given back to the queue may be cancelled there: drop its attempts and images then."""
+        if event["kind"] in FINAL_EVENTS:
+            self._forget(job)
+
     def close(self) -> None:
         """Stop the capacity poller; delete the deployment, and the cluster when this process started it."""
         if self._closed.is_set():
@@ -265,7 +273,7 @@ class RayServeBackend:
         started = time.monotonic()
         response = self._handle.options(stream=True, multiplexed_model_id=request.model).run.remote(
             request.to_dict(), job.id, self.context.settings.saved_values())
-        finished = self._finished_images.setdefault(job.id, {})
+        finished = self._finished_images[job.id]
         stop_forwarding = threading.Event()
         forwarder = threading.Thread(target=self._forward_presses, args=(job, stop_forwarding), daemon=True,
                                      name=f"easel-ray-presses-{job.id[:8]}")
