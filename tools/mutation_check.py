@@ -224,6 +224,31 @@ MUTATIONS: list[Mutation] = [
         new="                if False:  # mutation: never waits for the device\n                    self._wait_for_the_device()\n",
         tests=("tests/test_train_tab.py::test_image_jobs_wait_while_a_training_run_holds_the_device_and_say_why",),
     ),
+    # ----- backends: Ray Serve workers (issue 14) -----
+    Mutation(
+        name="requeue-at-the-back",
+        what="a job whose worker died goes to the back of the queue instead of its head",
+        file="webui/queue.py",
+        old="                self._pending.appendleft((job, request))  # its place is announced when this worker lets go\n",
+        new="                self._pending.append((job, request))  # mutation: back of the queue\n",
+        tests=("tests/test_backends.py::test_a_job_its_backend_gives_back_runs_again_first_in_line_and_says_it_was_retried",),
+    ),
+    Mutation(
+        name="busy-queue-never-looks-at-the-device",
+        what="a worker thread waiting for a free worker never looks at the device again (no reason shown)",
+        file="webui/queue.py",
+        old="                return NO_FREE_WORKER\n",
+        new="                continue  # mutation: keeps waiting for a slot\n",
+        tests=("tests/test_backends.py::test_jobs_no_worker_can_take_say_why_when_the_backend_says_every_workers_device_is_held",),
+    ),
+    Mutation(
+        name="sigterm-kills-at-once",
+        what="SIGTERM kills Easel on the spot instead of going through its clean shutdown",
+        file="webui/server.py",
+        old="    stop_on_sigterm()  # after create_context: the Ray backend's ray.init installs a handler that aborts\n",
+        new="    pass  # mutation: no SIGTERM handler\n",
+        tests=("tests/test_server.py::test_sigterm_stops_the_server_through_its_clean_shutdown",),
+    ),
     # ----- CUDA-only features (run by python -m tools.gpu_check on a GPU machine) -----
     Mutation(
         name="bnb-nf4-not-quantized",
