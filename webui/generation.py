@@ -24,6 +24,7 @@ import inspect
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -221,7 +222,7 @@ def run_generation(context: "EaselContext", request: GenerationRequest, job: Job
 
     Callers normally go through the queue (``context.generate``); this runs the job at once
     on the calling thread. ``on_image(index, record)``, when given, gets each image as soon as
-    it is finished, before its ``image`` event (a Ray worker streams it to the front). Out of memory: the memory is freed, the ``out_of_memory`` hooks
+    it is finished, just after its ``image`` event (a Ray worker streams it to the front). Out of memory: the memory is freed, the ``out_of_memory`` hooks
     say which option would help and may switch to a lower-memory profile, in which case the
     job runs again (at most ``MAX_OOM_RETRIES`` times) on the model reloaded with those settings.
     """
@@ -326,14 +327,22 @@ def _run_batches(context: "EaselContext", request: GenerationRequest, task: Task
         for index, (image, seed) in enumerate(zip(images, seeds)):
             image = task.finish(prepared, image)
             infotext = build_image_infotext(request, model, seed, extra_fields, prepared.infotext)
-            path = save_image(image, context.outputs_dir, task.output_folder, infotext, seed) if request.save else None
-            record = ImageRecord(image=image, seed=seed, infotext=infotext, path=str(path) if path else None)
+            record = keep_image(context.outputs_dir, request, task, job, first + index, image, seed, infotext)
             result.images.append(record)
             if on_image is not None:
                 on_image(first + index, record)
-            job.emit("image", index=first + index, seed=seed, path=str(path) if path else None)
         if job.take_skip():
             result.skipped += 1
+
+
+def keep_image(outputs_dir: Path, request: GenerationRequest, task: Task, job: Job, index: int, image: Any, seed: int,
+               infotext: str) -> ImageRecord:
+    """What happens to each finished image: saved in the task's outputs folder when the request
+    asks for it, announced on the job (``image`` event), returned as its record. The Ray
+    backend's front does the same with each image a worker streams back."""
+    path = save_image(image, outputs_dir, task.output_folder, infotext, seed) if request.save else None
+    job.emit("image", index=index, seed=seed, path=str(path) if path else None)
+    return ImageRecord(image=image, seed=seed, infotext=infotext, path=str(path) if path else None)
 
 
 def _draw(context: "EaselContext", request: GenerationRequest, model: "LoadedModel", pipe: Any, job: Job,

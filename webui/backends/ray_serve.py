@@ -311,15 +311,12 @@ class RayServeBackend:
         raise WorkerLostError("the worker ended the job without a result")
 
     def _save(self, request: "GenerationRequest", job: "Job", event: dict[str, Any]) -> ImageRecord:
-        """Decode a finished image and save it in the front's outputs folder, as a local job does."""
-        from webui.outputs import save_image
+        """Decode a finished image and keep it in the front's outputs folder, as a local job does."""
+        from webui.generation import keep_image
         from webui.tasks import get_task
 
-        image = png_to_image(event["png"])
-        path = (save_image(image, self.context.outputs_dir, get_task(request.task).output_folder, event["infotext"],
-                           event["seed"]) if request.save else None)
-        job.emit("image", index=event["index"], seed=event["seed"], path=str(path) if path else None)
-        return ImageRecord(image=image, seed=event["seed"], infotext=event["infotext"], path=str(path) if path else None)
+        return keep_image(self.context.outputs_dir, request, get_task(request.task), job, event["index"],
+                          png_to_image(event["png"]), event["seed"], event["infotext"])
 
     def _forward_presses(self, job: "Job", stop: threading.Event) -> None:
         """Send the job's Interrupt (once) and each Skip press to the replica through the signal actor."""
